@@ -1,0 +1,105 @@
+"""Loading and saving model folders safely.
+
+A model folder is an ordinary Hugging Face folder (config, safetensors weights, tokenizer). It is
+written to a temporary sibling and renamed into place only when complete, so a crash never leaves a
+half-written folder that could be registered. Loading refuses pickled weights and remote code.
+"""
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing, incomplete or unsafe to load."""
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_model_folder(folder: str | Path, trust_remote_code: bool = False) -> Path:
+    """Say clearly what is wrong with a model folder before anything heavy touches it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {folder} does not exist or is not a folder")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelFolderError(f"model folder {folder} has no config.json: is it a Hugging Face model folder?")
+    try:
+        cfg = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"model folder {folder}: config.json is unreadable ({exc})") from exc
+    if cfg.get("auto_map") and not trust_remote_code:
+        raise ModelFolderError(
+            f"model folder {folder} needs remote code (auto_map in config.json); it is off by default. "
+            "Review the code, then set trust_remote_code: true in the config to allow it."
+        )
+    if not any(folder.glob("*.safetensors")):
+        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+        hint = f" (found {', '.join(pickled)}: convert them to safetensors)" if pickled else ""
+        raise ModelFolderError(f"model folder {folder} has no .safetensors weights{hint}; only safetensors are loaded")
+    return folder
+
+
+def load_model(folder: str | Path, trust_remote_code: bool = False, device: str | None = None, dtype=None):
+    """Load (model, tokenizer) from a local folder: safetensors only, remote code off unless asked for."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = check_model_folder(folder, trust_remote_code)
+    device = device or pick_device()
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype, local_files_only=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelFolderError(f"model folder {folder} could not be loaded: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model.to(device), tokenizer
+
+
+def save_model_atomic(model, tokenizer, dest: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Write model + tokenizer to `dest` via a temporary sibling folder and one rename."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        for path in tmp.iterdir():  # make the bytes durable before the rename publishes them
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def copy_model_folder_atomic(src: str | Path, dest: str | Path) -> Path:
+    src, dest = Path(src), Path(dest)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copytree(src, tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
