@@ -118,11 +118,19 @@ def apply_env_defaults(home: Home | None = None) -> Home:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive inter-process lock (flock) on `path`; released when the process dies, even by SIGKILL."""
+def file_lock(path: Path, on_wait=None):
+    """An exclusive inter-process lock (flock) on `path`; released when the process dies, even by SIGKILL.
+
+    `on_wait()` is called once when another process holds the lock, before blocking on it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

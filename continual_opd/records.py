@@ -94,3 +94,14 @@ class Decision(Record):
     candidate_version: str
     champion_version: str
     audit_run_id: str = ""
+
+
+class UpdateOutcome(Record):
+    """Everything one finished update produced, for the summary and for tests."""
+
+    batch: AcceptedBatch
+    teacher: Teacher
+    candidate: Candidate
+    report: EvalReport
+    decision: Decision
+    mlflow_run_id: str

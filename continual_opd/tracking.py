@@ -51,3 +51,68 @@ def stage_run(stage: str, parent_run_id: str | None = None, experiment: str = UP
     with mlflow.start_run(experiment_id=exp_id, run_name=stage, nested=parent_run_id is not None,
                           parent_run_id=parent_run_id, tags=all_tags) as run:
         yield run
+
+
+def _flatten(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def open_update_run(params, champion) -> tuple[str, str]:
+    """Create the parent MLflow run of one update; returns (run_id, a link to it in the MLflow UI)."""
+    from continual_opd import registry
+
+    client = registry.client()
+    exp_id = registry.experiment_id(UPDATES_EXPERIMENT)
+    tags = {"stage": "update", "flow_run_id": current_flow_run_id(), "code_revision": code_revision(),
+            "champion_version": champion.version, "student_model": champion.name,
+            "batch": str(params.batch), "config_hash": params.config_hash(), "mlflow.runName": "continual-update"}
+    run = client.create_run(exp_id, tags=tags)
+    flat = _flatten("", params.model_dump(mode="json"), {})
+    for key, value in flat.items():
+        client.log_param(run.info.run_id, key, str(value)[:6000])
+    ui = os.environ.get("CONTINUAL_OPD_MLFLOW_UI", "http://127.0.0.1:5000")
+    return run.info.run_id, f"{ui}/#/experiments/{exp_id}/runs/{run.info.run_id}"
+
+
+def set_stage(run_id: str, stage: str) -> None:
+    from continual_opd import registry
+
+    registry.client().set_tag(run_id, "current_stage", stage)
+
+
+def update_run_for_flow_run(flow_run_id: str) -> str | None:
+    from continual_opd import registry
+
+    client = registry.client()
+    exp = client.get_experiment_by_name(UPDATES_EXPERIMENT)
+    if exp is None or not flow_run_id:
+        return None
+    runs = client.search_runs([exp.experiment_id],
+                              f"tags.flow_run_id = '{flow_run_id}' and tags.stage = 'update'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def close_update_run(run_or_flow_run_id: str, failed_state=None, decision=None) -> None:
+    """End the update's MLflow run: FINISHED with the outcome, or FAILED with the stage it failed in."""
+    from continual_opd import registry
+
+    client = registry.client()
+    run_id = update_run_for_flow_run(run_or_flow_run_id) if failed_state is not None else run_or_flow_run_id
+    if run_id is None:
+        return
+    if failed_state is None:
+        client.set_tag(run_id, "outcome", "promoted" if decision.promoted else "rejected")
+        client.set_terminated(run_id, "FINISHED")
+        return
+    run = client.get_run(run_id)
+    stage = run.data.tags.get("current_stage", "start")
+    message = getattr(failed_state, "message", "") or ""
+    client.set_tag(run_id, "outcome", "failed")
+    client.set_tag(run_id, "failed_stage", stage)
+    client.set_tag(run_id, "failure", message[:5000])
+    client.set_terminated(run_id, "FAILED")

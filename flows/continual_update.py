@@ -1,0 +1,149 @@
+"""One continual update, as a Prefect flow that reads like its DAG:
+
+    batch ──validate──▶ AcceptedBatch ──teacher_rl──▶ Teacher ──distill──▶ Candidate ──evaluate──▶ EvalReport ──gate──▶ Decision
+
+Each task is a thin wrapper over a plain stage function (tests call those directly). Stages pass small
+records, so Prefect caches a finished stage by its inputs: a rerun after a crash skips what finished.
+Retries are for transient errors only; a contract violation or a failed teacher gate is final.
+The champion is read once, at the start, and passed down as a version.
+
+No `from __future__ import annotations` here: it breaks pydantic flow parameters under `flow.serve`.
+"""
+
+import sqlite3
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from continual_opd import registry
+from continual_opd.home import current_home, file_lock, prepare_stores
+from continual_opd.records import AcceptedBatch, Candidate, Decision, EvalReport, ModelRef, Teacher, UpdateOutcome
+from continual_opd.tracking import UPDATES_EXPERIMENT, code_revision
+from flows.params import UpdateParams
+from gates.promotion import decide
+from tasks.distill import distill
+from tasks.evaluate import evaluate
+from tasks.teacher_rl import train_teacher
+from tasks.validate import ContractViolation, contract_table, mark_processed, validate_batch
+
+# A finished stage is reused when its inputs and code are unchanged; the MLflow parent run is not an input.
+STAGE_CACHE = (INPUTS + TASK_SOURCE) - "parent_run_id"
+TRANSIENT = (ConnectionError, TimeoutError, sqlite3.OperationalError, BlockingIOError)
+
+
+def is_transient(task, task_run, state) -> bool:
+    """Retry only errors that a second try can fix: network blips, a locked SQLite database."""
+    try:
+        state.result()
+    except TRANSIENT:
+        return True
+    except Exception as exc:  # noqa: BLE001 - classify by message: SQLAlchemy wraps sqlite's lock error
+        return "database is locked" in str(exc)
+    return False
+
+
+stage = dict(cache_policy=STAGE_CACHE, persist_result=True, retries=2, retry_delay_seconds=2,
+             retry_condition_fn=is_transient)
+
+
+@task(name="validate", **stage)
+def validate_task(batch_path: str, batch_sha256: str, params: UpdateParams, tokenizer_folder: str,
+                  parent_run_id: str) -> AcceptedBatch:
+    try:
+        return validate_batch(batch_path, params.contract, tokenizer_folder, current_home(), parent_run_id,
+                              move=False)
+    except ContractViolation as exc:
+        create_table_artifact(contract_table(exc.report), key="data-contract",
+                              description=f"Data contract failures for {Path(batch_path).name}")
+        raise
+
+
+@task(name="teacher-rl", **stage)
+def teacher_rl_task(batch: AcceptedBatch, champion: ModelRef, params: UpdateParams, parent_run_id: str) -> Teacher:
+    return train_teacher(batch, champion, params.teacher, current_home(), parent_run_id)
+
+
+@task(name="distill", **stage)
+def distill_task(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, params: UpdateParams,
+                 parent_run_id: str) -> Candidate:
+    return distill(batch, champion, teacher, params.distill, current_home(), parent_run_id)
+
+
+@task(name="evaluate", **stage)
+def evaluate_task(champion: ModelRef, candidate: Candidate, skill: str, params: UpdateParams,
+                  parent_run_id: str) -> EvalReport:
+    return evaluate(champion, candidate, skill, params.evaluation, current_home(), parent_run_id)
+
+
+@task(name="gate", **stage)
+def gate_task(report: EvalReport, candidate: Candidate, champion: ModelRef, params: UpdateParams,
+              parent_run_id: str) -> Decision:
+    decision = decide(report, candidate, champion, params.gate, current_home(), parent_run_id)
+    return decision
+
+
+def _file_sha256(path: str) -> str:
+    import hashlib
+
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
+
+
+def read_champion(model_name: str) -> ModelRef:
+    version = registry.version_by_alias(model_name, registry.CHAMPION)
+    return ModelRef(name=model_name, version=version.version, folder=str(registry.local_folder(version)))
+
+
+def _on_failure(flow, flow_run, state):
+    """Record a failed update, and the stage it failed in, on the update's MLflow run."""
+    from continual_opd.tracking import close_update_run
+
+    close_update_run(str(flow_run.id), state)
+
+
+@flow(name="continual-update", on_failure=[_on_failure], on_crashed=[_on_failure], log_prints=True)
+def continual_update(params: UpdateParams) -> UpdateOutcome:
+    """Validate a batch, train a teacher, distil a candidate, evaluate it against the champion, gate it."""
+    from continual_opd.tracking import close_update_run, open_update_run, set_stage
+
+    logger = get_run_logger()
+    home = prepare_stores(current_home())
+    with file_lock(home.locks / "update.lock",
+                   on_wait=lambda: logger.warning("another continual update is running; waiting for it to finish")):
+        champion = read_champion(params.student_model)
+        run_id, ui_link = open_update_run(params, champion)
+        create_link_artifact(ui_link, link_text="MLflow run of this update", key="mlflow-run",
+                             description=f"MLflow run {run_id} (experiment {UPDATES_EXPERIMENT})")
+        logger.info(f"champion is {champion.name} v{champion.version}; MLflow run {run_id}")
+
+        set_stage(run_id, "validate")
+        batch = validate_task(params.batch, _file_sha256(params.batch), params, champion.folder, run_id)
+        set_stage(run_id, "teacher_rl")
+        teacher = teacher_rl_task(batch, champion, params, run_id)
+        set_stage(run_id, "distill")
+        candidate = distill_task(batch, champion, teacher, params, run_id)
+        set_stage(run_id, "evaluate")
+        report = evaluate_task(champion, candidate, batch.skill, params, run_id)
+        set_stage(run_id, "gate")
+        decision = gate_task(report, candidate, champion, params, run_id)
+
+        mark_processed(params.batch, batch, home)
+        create_markdown_artifact(summary_markdown(champion, candidate, report, decision), key="update-summary")
+        close_update_run(run_id, None, decision=decision)
+    return UpdateOutcome(batch=batch, teacher=teacher, candidate=candidate, report=report, decision=decision,
+                         mlflow_run_id=run_id)
+
+
+def summary_markdown(champion: ModelRef, candidate: Candidate, report: EvalReport, decision: Decision) -> str:
+    verdict = "PROMOTED" if decision.promoted else "REJECTED"
+    lines = [f"# Continual update: {verdict}", "",
+             f"champion v{champion.version} vs candidate v{candidate.model.version} ({candidate.method}), "
+             f"code {code_revision()}", "",
+             "| suite | champion | candidate | delta | 95% CI | McNemar p |", "|---|---|---|---|---|---|"]
+    for name, s in report.suites.items():
+        lines.append(f"| {name} | {s.champion_acc:.3f} | {s.candidate_acc:.3f} | {s.delta:+.3f} | "
+                     f"[{s.delta_ci_low:+.3f}, {s.delta_ci_high:+.3f}] | {s.mcnemar_p:.3g} |")
+    lines += ["", f"drift/kl_core = {report.kl_core:.4f}", "", "## Reasons", *[f"- {r}" for r in decision.reasons]]
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""The scheduled update: every new batch in the home's inbox, oldest first, one continual update each.
+
+A batch that fails its contract is quarantined and the night goes on with the next; an empty inbox is a
+no-op that says so. Updates never interleave: each takes the home's update lock (see continual_update).
+"""
+
+from pydantic import Field
+
+from continual_opd.config import StrictConfig
+from flows.params import UpdateParams, UpdateSettings
+
+from prefect import flow, get_run_logger  # noqa: E402  (after the params, which import the stage configs)
+
+
+class NightlyParams(StrictConfig):
+    settings: UpdateSettings = Field(default_factory=UpdateSettings, description="Settings for every update.")
+    max_batches: int = Field(10, ge=1, description="Process at most this many inbox batches in one night.")
+
+
+@flow(name="nightly-updates", log_prints=True)
+def nightly_updates(params: NightlyParams = NightlyParams()) -> list[dict]:
+    """Run one continual update per inbox batch, oldest first."""
+    from continual_opd.home import current_home, prepare_stores
+    from continual_opd.records import UpdateOutcome
+    from flows.continual_update import continual_update
+    from tasks.validate import inbox_batches
+
+    logger = get_run_logger()
+    home = prepare_stores(current_home())
+    batches = inbox_batches(home)[: params.max_batches]
+    if not batches:
+        logger.info(f"inbox {home.inbox} is empty: nothing to update")
+        return []
+    results = []
+    for path in batches:
+        update = UpdateParams(batch=str(path), **params.settings.model_dump())
+        state = continual_update(update, return_state=True)
+        result = state.result(raise_on_failure=False)
+        if isinstance(result, UpdateOutcome):
+            outcome = "promoted" if result.decision.promoted else "rejected"
+        else:
+            outcome = f"failed: {type(result).__name__}: {str(result)[:300]}"
+        logger.info(f"{path.name}: {outcome}")
+        results.append({"batch": path.name, "outcome": outcome})
+    return results

@@ -1,0 +1,81 @@
+"""The one parameter model of a continual update: what the Prefect UI shows as the run form.
+
+Strict, frozen and closed (`extra="forbid"`): a typo in a YAML config or a `--set` override is an error
+that names the field, never a silently ignored setting. Each stage owns its section.
+"""
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from continual_opd.config import StrictConfig
+from continual_opd.registry import STUDENT_MODEL
+from gates.promotion import GateConfig
+from tasks.distill import DistillConfig
+from tasks.evaluate import EvalConfig
+from tasks.teacher_rl import TeacherConfig
+from tasks.validate import ContractConfig
+
+
+class UpdateSettings(StrictConfig):
+    """Everything about an update except which batch it learns from (shared by the manual and nightly flows)."""
+
+    student_model: str = Field(STUDENT_MODEL, description="Registered model whose @champion is updated.")
+    contract: ContractConfig = Field(default_factory=ContractConfig, description="Data contract settings.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher RL (GRPO) settings.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="On-policy distillation settings.")
+    evaluation: EvalConfig = Field(default_factory=EvalConfig, description="Forgetting-suite settings.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate settings.")
+
+
+class UpdateParams(UpdateSettings):
+    """The parameters of one continual update."""
+
+    batch: str = Field(description="Batch file to learn from: JSONL or parquet rows id, skill, prompt, answer.")
+
+
+class ParamsError(ValueError):
+    """A config file or override that does not fit `UpdateParams`; the message names the field."""
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"--set {dotted}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_params(batch: str | None = None, config: str | Path | None = None, overrides: list[str] = ()) -> UpdateParams:
+    """Build the parameters from an optional YAML file, `--set key=value` overrides and the batch path."""
+    tree: dict = {}
+    if config:
+        path = Path(config)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ParamsError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ParamsError(f"config file {path} must hold a mapping of settings, not {type(loaded).__name__}")
+        tree = loaded
+    for item in overrides:
+        if "=" not in item:
+            raise ParamsError(f"--set {item!r}: use dotted.key=value, e.g. --set teacher.steps=200")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    if batch is not None:
+        tree["batch"] = str(batch)
+    try:
+        return UpdateParams.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            + (f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else "")
+            for err in exc.errors()
+        )
+        raise ParamsError(f"invalid settings: {problems}") from None
