@@ -23,10 +23,14 @@ def build_suites(names: list[str], size: int = DEFAULT_SUITE_SIZE, seed: int = S
     for name in names:
         n = (sizes or {}).get(name, size)
         skill = SKILLS[name]
-        try:
-            suites[name] = skill.items("heldout", n, seed=seed)
-        except ValueError:
-            suites[name] = skill.items("heldout", n // 4, seed=seed)
+        while True:  # a skill with few held-out prompts (mul) may need more than one step down
+            try:
+                suites[name] = skill.items("heldout", n, seed=seed)
+                break
+            except ValueError:
+                if n < 4:
+                    raise
+                n //= 4
     return suites
 
 
