@@ -31,18 +31,66 @@ def load_batch_table(path: str | Path):
     kind = BATCH_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise UnreadableBatch(path, f"unsupported file type {path.suffix!r}; use .jsonl or .parquet")
+    if path.stat().st_size == 0:
+        raise UnreadableBatch(path, "the file is empty")
     from datasets import load_dataset
 
     try:
         ds = load_dataset(kind, data_files=str(path), split="train", keep_in_memory=True)
     except Exception as exc:  # datasets raises many types for truncated or malformed files
-        raise UnreadableBatch(path, f"not valid {'JSON lines' if kind == 'json' else 'parquet'} ({exc.__class__.__name__}: "
-                                    f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from exc
+        cause = _innermost(exc)  # datasets wraps the parser's error in "An error occurred while generating..."
+        raise UnreadableBatch(path, f"not valid {'JSON lines' if kind == 'json' else 'parquet'} ({cause.__class__.__name__}: "
+                                    f"{str(cause).splitlines()[0][:300] if str(cause) else 'truncated file'})") from exc
     missing = [c for c in BATCH_COLUMNS if c not in ds.column_names]
     if missing:
         raise UnreadableBatch(path, f"missing column(s) {', '.join(missing)}; a batch needs {', '.join(BATCH_COLUMNS)}")
     df = ds.to_pandas()[list(BATCH_COLUMNS)]
     return df
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def text_cells(df, path: str | Path) -> dict[str, list]:
+    """Each batch column as a list of `str` (valid text), `bytes` (text that is not valid UTF-8) or None (null).
+
+    `datasets` keeps JSON strings as arrow strings without checking their UTF-8, so undecodable bytes are
+    read here as bytes for the data contract to report row by row; a column holding numbers, lists or
+    binary data is a wrong type and makes the file unreadable.
+    """
+    import math
+
+    import pyarrow as pa
+
+    cells: dict[str, list] = {}
+    for column in BATCH_COLUMNS:
+        array = df[column].array
+        arrow = array.__arrow_array__() if hasattr(array, "__arrow_array__") else None
+        if arrow is not None and (pa.types.is_string(arrow.type) or pa.types.is_large_string(arrow.type)):
+            raw = arrow.cast(pa.large_binary()).to_pylist()
+            cells[column] = [None if b is None else _decode(b) for b in raw]
+            continue
+        values = []
+        for row, value in enumerate(df[column].tolist(), start=1):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                values.append(None)
+            elif isinstance(value, str):
+                values.append(value)
+            else:
+                raise UnreadableBatch(path, f"column {column!r} holds {type(value).__name__} values (row {row}: "
+                                            f"{value!r:.60}); every batch column must hold strings")
+        cells[column] = values
+    return cells
+
+
+def _decode(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 def load_batch(path: str | Path) -> list[Item]:
