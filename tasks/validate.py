@@ -1,0 +1,341 @@
+"""Stage 1 of an update: the data contract. Bad data never reaches training.
+
+`validate_batch` reads a batch file, derives the contract's columns, runs the GX suites in
+`data_contracts/`, logs the result to MLflow (nested `validate` run), builds Data Docs into the home
+and then either accepts the batch or quarantines it with its report. Nothing is deleted:
+
+- accepted: `move=True` moves the file to `processed/` and records its content digest in the ledger
+  at once; `move=False` (what the flow does) leaves it in place until `mark_processed` is called after
+  the update has used it, so an update that fails later does not lose the batch;
+- rejected (a failed expectation, or a file that cannot be read): the file and its report go to
+  `quarantine/` whatever `move` says, so a scheduled run never picks the same bad file up again, and
+  `ContractViolation` is raised (never retried: it is not transient);
+- already accepted (same digest): `DuplicateBatch` is raised and the copy goes to `processed/duplicates/`.
+
+A batch teaches exactly one *target* skill (`AcceptedBatch.skill`): several target skills, core-skill
+rows or unknown skills fail the contract, because one update trains one teacher and runs one gate.
+`validate_command` is `continual-opd validate FILE`: the same checks and report, and no side effects.
+"""
+
+import datetime as dt
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+
+from continual_opd.config import StrictConfig
+from continual_opd.home import Home, current_home
+from continual_opd.records import AcceptedBatch
+from data_contracts import ROWS_SUITE, SHIFT_SUITE, contract_version, ledger
+from data_contracts.report import ContractReport, contract_table  # noqa: F401  (contract_table is part of this stage's API)
+from tasks.suites import DEFAULT_SUITE_SIZE
+
+EXIT_PASS, EXIT_CONTRACT = 0, 2
+
+
+class ContractConfig(StrictConfig):
+    """Settings of the data contract (the expectations themselves are versioned JSON in data_contracts/)."""
+
+    min_rows: int = Field(1, ge=0, description="Fewest rows a batch may have.")
+    max_rows: int = Field(100_000, ge=1, description="Most rows a batch may have.")
+    min_prompt_tokens: int = Field(1, ge=0, description="Shortest prompt, in the student's tokens.")
+    max_prompt_tokens: int = Field(40, ge=1, description="Longest prompt, in the student's tokens.")
+    min_answer_tokens: int = Field(1, ge=0, description="Shortest answer, in the student's tokens.")
+    max_answer_tokens: int = Field(16, ge=1, description="Longest answer, in the student's tokens.")
+    contamination_ngram: int = Field(10, ge=2, description=(
+        "Contamination: a prompt sharing this many consecutive normalised characters with an evaluation item "
+        "(or containing a whole shorter item) is rejected."))
+    suite_size: int = Field(DEFAULT_SUITE_SIZE, ge=1, description=(
+        "Items per evaluation suite checked for contamination; must equal the gate's suite size."))
+    shift_threshold: float = Field(0.1, ge=0, description=(
+        "Distribution shift: largest KL(batch || last accepted batch of the skill) of a row feature, in nats."))
+    fail_on_shift: bool = Field(False, description="Reject a batch whose shift is above the threshold (else warn).")
+    max_examples: int = Field(3, ge=1, le=50, description="Example rows shown per failed expectation in messages.")
+
+
+class ContractViolation(Exception):
+    """The batch failed the data contract. `.report` is structured, `.markdown` readable, `str()` a summary."""
+
+    def __init__(self, report: ContractReport, max_examples: int = 3):
+        self.report, self.max_examples = report, max_examples
+        super().__init__(report.message(max_examples))
+
+    def __reduce__(self):  # picklable for Prefect's persisted task results
+        return type(self), (self.report, self.max_examples)
+
+    @property
+    def markdown(self) -> str:
+        return self.report.markdown()
+
+    @property
+    def quarantined(self) -> Path | None:
+        return Path(self.report.quarantined) if self.report.quarantined else None
+
+
+class UnreadableBatchError(ContractViolation):
+    """The file is not a readable batch at all (format, truncation, column types, missing columns)."""
+
+    @property
+    def problem(self) -> str:
+        return self.report.problem or ""
+
+
+class DuplicateBatch(Exception):
+    """A batch with the same content digest was already accepted: this update is skipped."""
+
+    def __init__(self, path: str, digest: str, entry: dict, moved_to: str | None = None):
+        self.path, self.digest, self.entry, self.moved_to = path, digest, entry, moved_to
+        super().__init__(
+            f"batch file {path} is skipped: the same rows (digest {digest[:16]}) were already accepted on "
+            f"{entry.get('accepted_at', '?')} as {entry.get('file', '?')} (now {entry.get('path', '?')}); "
+            + (f"this copy was moved to {moved_to}" if moved_to else "this copy was left in place"))
+
+    def __reduce__(self):
+        return type(self), (self.path, self.digest, self.entry, self.moved_to)
+
+
+@dataclass
+class Checked:
+    """What `check_batch` found: the report, GX's raw results, and a ledger entry when it is a duplicate."""
+
+    report: ContractReport
+    gx_results: list
+    duplicate_of: dict | None = None
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(folder: str):
+    """The student's tokenizer from its model folder (the contract checks what *it* can encode)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
+        raise ValueError(f"cannot load the student's tokenizer from {folder}: {exc}") from exc
+
+
+def contract_parameters(cfg: ContractConfig) -> dict:
+    """The $PARAMETER values of batch_rows.json."""
+    from demo_world.skills import SKILLS
+
+    return {"min_rows": cfg.min_rows, "max_rows": cfg.max_rows, "known_skills": sorted(SKILLS),
+            "min_prompt_tokens": cfg.min_prompt_tokens, "max_prompt_tokens": cfg.max_prompt_tokens,
+            "min_answer_tokens": cfg.min_answer_tokens, "max_answer_tokens": cfg.max_answer_tokens}
+
+
+def check_batch(path: str | Path, cfg: ContractConfig, tokenizer, home: Home | None = None, docs: bool = False,
+                stop_at_duplicate: bool = True) -> Checked:
+    """Run the contract on one file and report; moves nothing, logs nothing.
+
+    `home` supplies the ledger (duplicates, the shift reference) and, with `docs`, the Data Docs site.
+    """
+    from data_contracts.contamination import suite_index
+    from data_contracts.derive import TokenizerProbe, derive_frame
+    from data_contracts.gx_run import run_suites
+    from data_contracts.report import outcomes
+    from data_contracts.shift import shift_parameters
+    from demo_world.skills import SKILLS, Item
+    from tasks.batch_io import UnreadableBatch, batch_digest, load_batch_table, text_cells
+
+    path = Path(path)
+    version = contract_version()
+    try:
+        cells = text_cells(load_batch_table(path), path)
+    except UnreadableBatch as exc:
+        return Checked(ContractReport(file=str(path), contract_version=version, success=False, problem=exc.problem), [])
+    rows = len(cells["id"])
+    shown = [[v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in cells[c]]
+             for c in ("id", "skill", "prompt", "answer")]
+    digest = batch_digest([Item(*(str(col[i]) for col in shown)) for i in range(rows)])
+    duplicate_of = ledger.find(home, digest) if home is not None else None
+    base = dict(file=str(path), contract_version=version, rows=rows, digest=digest)
+    if duplicate_of is not None and stop_at_duplicate:
+        return Checked(ContractReport(**base, success=True), [], duplicate_of)
+
+    frame = derive_frame(cells, TokenizerProbe(tokenizer), suite_index(cfg.suite_size, cfg.contamination_ngram), SKILLS)
+    known = frame["known_skill"].dropna().unique().tolist()
+    skill = known[0] if len(known) == 1 and SKILLS[known[0]].role == "target" else None
+    reference = ledger.last_for_skill(home, skill) if home is not None and skill else None
+    suites, parameters = [ROWS_SUITE], contract_parameters(cfg)
+    if reference is not None:
+        suites.append(SHIFT_SUITE)
+        parameters.update(shift_parameters(reference["profile"], cfg.shift_threshold))
+    results, docs_index = run_suites(frame, suites, parameters, batch_name=path.name,
+                                     docs_dir=home.data_docs if docs and home else None,
+                                     results_dir=home.root / "gx-validation-results" if docs and home else None)
+    found = outcomes(results, suites, frame)
+    warnings = []
+    for e in found:
+        if e.suite == SHIFT_SUITE:
+            e.severity = "error" if cfg.fail_on_shift else "warning"
+            if not e.success:
+                warnings.append(f"distribution shift ({e.check}): KL {_num(e.observed)} > {cfg.shift_threshold} "
+                                f"against the last accepted {skill} batch {reference.get('file')} "
+                                f"({reference.get('accepted_at')})")
+    report = ContractReport(**base, success=all(e.success or e.severity == "warning" for e in found), skill=skill,
+                            expectations=found, warnings=warnings, data_docs=docs_index,
+                            shift_reference={k: reference.get(k) for k in ("file", "digest", "accepted_at", "path")}
+                            if reference else None)
+    return Checked(report, results, duplicate_of)
+
+
+def _num(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "infinite"
+
+
+def validate_batch(path: str, cfg: ContractConfig, tokenizer_folder: str, home: Home, parent_run_id: str | None = None,
+                   move: bool = True) -> AcceptedBatch:
+    """Validate one batch file; accept it (see the module docstring for `move`), or quarantine it and raise."""
+    import mlflow
+
+    from continual_opd.tracking import stage_run
+
+    path = Path(path)
+    home.ensure()
+    checked = check_batch(path, cfg, load_tokenizer(str(tokenizer_folder)), home, docs=True)
+    report = checked.report
+    if checked.duplicate_of is not None:
+        moved = _move(path, home.processed / "duplicates") if path.is_file() else None
+        raise DuplicateBatch(str(path), report.digest, checked.duplicate_of, str(moved) if moved else None)
+
+    destination = None
+    if not report.success and path.is_file():
+        destination = _free_name(home.quarantine, path.name)
+        report.quarantined = str(destination)
+        report.report_files = [f"{destination}.report.md", f"{destination}.report.json"]
+    with stage_run("validate", parent_run_id, tags={"data_digest": report.digest or "", "batch_file": path.name,
+                                                      "contract_version": report.contract_version,
+                                                      "contract_passed": str(report.success).lower()}) as run:
+        report.mlflow_run_id = run.info.run_id
+        mlflow.log_metrics({"contract/rows": report.rows, "contract/failed_expectations": len(report.failed()),
+                            "contract/warnings": len(report.warnings), "contract/passed": float(report.success)})
+        mlflow.log_text(report.markdown(), "contract/report.md")
+        mlflow.log_dict(report.model_dump(mode="json"), "contract/report.json")
+        mlflow.log_dict({"results": checked.gx_results}, "contract/gx_validation_results.json")
+
+    if not report.success:
+        if destination is not None:
+            _write_report(destination, report, checked.gx_results)
+            _move(path, home.quarantine, destination)
+        error = UnreadableBatchError if report.problem else ContractViolation
+        raise error(report, cfg.max_examples)
+
+    accepted = AcceptedBatch(path=str(path), digest=report.digest, skill=report.skill, rows=report.rows,
+                             contract_version=report.contract_version, warnings=tuple(report.warnings))
+    return mark_processed(path, accepted, home) if move else accepted
+
+
+def mark_processed(path: str | Path, batch: AcceptedBatch, home: Home) -> AcceptedBatch:
+    """Record an accepted batch in the ledger and move its file to `processed/`; idempotent.
+
+    The flow calls this once the update has used the batch. The ledger line is written first, so a
+    crash between the two steps leaves the file where it was, to be recognised next time as a
+    duplicate, never an accepted batch that could be trained on twice.
+    """
+    from data_contracts.shift import profile
+    from tasks.batch_io import load_batch
+
+    src = Path(path)
+    with ledger.lock(home):
+        existing = ledger.find(home, batch.digest)
+        if existing is not None:
+            if src.is_file() and src.resolve() != Path(existing["path"]).resolve():
+                _move(src, home.processed, Path(existing["path"]) if not Path(existing["path"]).exists() else None)
+            return batch.model_copy(update={"path": existing["path"]})
+        if not src.is_file():
+            raise FileNotFoundError(f"cannot mark {src} processed: the file is gone (batch digest {batch.digest[:16]})")
+        items = load_batch(src)
+        destination = src if src.parent.resolve() == home.processed.resolve() else _free_name(home.processed, src.name)
+        ledger.append(home, {"digest": batch.digest, "skill": batch.skill, "rows": batch.rows, "file": src.name,
+                             "source": str(src), "path": str(destination), "contract_version": batch.contract_version,
+                             "accepted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                             "warnings": list(batch.warnings),
+                             "profile": profile([it.prompt for it in items], [it.answer for it in items])})
+        if destination != src:
+            _move(src, home.processed, destination)
+    return batch.model_copy(update={"path": str(destination)})
+
+
+def inbox_batches(home: Home) -> list[Path]:
+    """Every file waiting in the inbox, oldest first (mtime, then name).
+
+    Hidden files are skipped (write a batch as `.name.tmp` and rename it in); files of any other type
+    are listed, so that a wrong format is quarantined with a clear report rather than left unnoticed.
+    """
+    if not home.inbox.is_dir():
+        return []
+    files = [p for p in home.inbox.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def validate_command(path: str, home: Home | None = None, cfg: ContractConfig | None = None,
+                     tokenizer_folder: str | None = None, out=print) -> int:
+    """`continual-opd validate FILE`: print the report; 0 pass, 2 contract failure or unreadable file.
+
+    Moves nothing, logs nothing, builds no Data Docs: it is for a batch's owner to check a file before
+    sending it. The tokenizer is the home's champion's (or `tokenizer_folder`); a home without a
+    champion is checked with the demo world's tokenizer, and the report says so.
+    """
+    home = home or current_home()
+    cfg = cfg or ContractConfig()
+    if tokenizer_folder is None:
+        tokenizer_folder = _champion_folder(home)
+    if tokenizer_folder is None:
+        from demo_world.tokenizer import build_tokenizer
+
+        out(f"note: the home {home.root} has no champion yet; checking with the demo world's tokenizer")
+        tokenizer = build_tokenizer()
+    else:
+        tokenizer = load_tokenizer(str(tokenizer_folder))
+    checked = check_batch(path, cfg, tokenizer, home, docs=False, stop_at_duplicate=False)
+    out(checked.report.markdown(cfg.max_examples))
+    if checked.duplicate_of is not None:
+        out(f"note: the same rows were already accepted on {checked.duplicate_of.get('accepted_at')} as "
+            f"{checked.duplicate_of.get('file')}; an update would skip this batch")
+    return EXIT_PASS if checked.report.success else EXIT_CONTRACT
+
+
+def _champion_folder(home: Home) -> str | None:
+    """The champion's model folder in this home, or None when the home has no registry or no champion."""
+    import os
+
+    if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("sqlite") and not home.mlflow_db.is_file():
+        return None
+    if home.root != current_home().root:
+        return None  # the registry helpers read the current home's store
+    from continual_opd import registry
+
+    try:
+        return str(registry.local_folder(registry.version_by_alias(registry.STUDENT_MODEL, registry.CHAMPION)))
+    except registry.RegistryError:
+        return None
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """`folder/name`, or `folder/<stem>.<UTC time><suffix>` when that is taken: nothing is overwritten."""
+    folder.mkdir(parents=True, exist_ok=True)
+    candidate = folder / name
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stem, suffix = Path(name).stem, Path(name).suffix
+    n = 0
+    while candidate.exists() or Path(f"{candidate}.report.md").exists():
+        n += 1
+        candidate = folder / f"{stem}.{stamp}{'-' + str(n) if n > 1 else ''}{suffix}"
+    return candidate
+
+
+def _move(src: Path, folder: Path, destination: Path | None = None) -> Path:
+    destination = destination or _free_name(folder, src.name)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(destination))
+    return destination
+
+
+def _write_report(destination: Path, report: ContractReport, gx_results: list) -> None:
+    import json
+
+    Path(f"{destination}.report.md").write_text(report.markdown())
+    Path(f"{destination}.report.json").write_text(
+        json.dumps({"report": report.model_dump(mode="json"), "gx_results": gx_results}, indent=1, default=str))
