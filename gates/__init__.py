@@ -1,0 +1,1 @@
+"""The promotion gate: policy (YAML + semantics), paired statistics, registry moves, audit trail and report."""
