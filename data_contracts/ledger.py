@@ -2,9 +2,9 @@
 
 It is how a re-sent copy is recognised (same rows in any order or format, same digest) and where the
 shift check finds the last accepted batch of a skill. It lives beside the files it describes, in
-`processed/ledger.jsonl`; writers hold `locks/batch-ledger.lock`, and a line is appended only after
-the file has been moved, so a crash leaves at worst a moved file without a line (validated again
-next time), never a line without its file.
+`processed/ledger.jsonl`; writers hold `locks/batch-ledger.lock`. A line is appended *before* the
+file is moved, so a crash between the two leaves the file where it was, recognised next time as a
+duplicate: never an accepted batch without a line, which could be trained on twice.
 """
 
 import json

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from continual_opd.config import StrictConfig
 from continual_opd.home import Home, current_home
@@ -53,6 +53,14 @@ class ContractConfig(StrictConfig):
         "Distribution shift: largest KL(batch || last accepted batch of the skill) of a row feature, in nats."))
     fail_on_shift: bool = Field(False, description="Reject a batch whose shift is above the threshold (else warn).")
     max_examples: int = Field(3, ge=1, le=50, description="Example rows shown per failed expectation in messages.")
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self):
+        for low, high in (("min_rows", "max_rows"), ("min_prompt_tokens", "max_prompt_tokens"),
+                          ("min_answer_tokens", "max_answer_tokens")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) is above {high} ({getattr(self, high)})")
+        return self
 
 
 class ContractViolation(Exception):
