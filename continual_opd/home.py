@@ -11,6 +11,7 @@ an explicit environment variable (a real Prefect server, a PostgreSQL MLflow) wi
 import contextlib
 import fcntl
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,8 @@ class Home:
             for path in (self.root, self.artifacts, self.prefect, self.models, self.inbox, self.processed,
                          self.quarantine, self.checkpoints, self.locks):
                 path.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-probe"
+            # unique per process and thread: threads ensuring the same home at once must not unlink each other's probe
+            probe = self.root / f".write-probe-{os.getpid()}-{threading.get_ident()}"
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:

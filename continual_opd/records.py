@@ -75,6 +75,7 @@ class EvalReport(Record):
     kl_core: float = Field(description="drift/kl_core: mean per-token KL(champion || candidate) on core prompts.")
     items_path: str = Field(description="Local path of the per-item jsonl (also the MLflow artifact gate/items.jsonl).")
     run_id: str = ""
+    target_skill: str = Field(default="", description="The skill the update teaches (the gate's {target} suite).")
 
     def metrics(self) -> dict[str, float]:
         """The gate metrics under their shared names (DESIGN.md)."""
