@@ -144,8 +144,8 @@ def check_batch(path: str | Path, cfg: ContractConfig, tokenizer, home: Home | N
     from data_contracts.gx_run import run_suites
     from data_contracts.report import outcomes
     from data_contracts.shift import shift_parameters
-    from demo_world.skills import SKILLS, Item
-    from tasks.batch_io import UnreadableBatch, batch_digest, load_batch_table, text_cells
+    from demo_world.skills import SKILLS
+    from tasks.batch_io import UnreadableBatch, load_batch_table, text_cells
 
     path = Path(path)
     version = contract_version()
@@ -154,9 +154,7 @@ def check_batch(path: str | Path, cfg: ContractConfig, tokenizer, home: Home | N
     except UnreadableBatch as exc:
         return Checked(ContractReport(file=str(path), contract_version=version, success=False, problem=exc.problem), [])
     rows = len(cells["id"])
-    shown = [[v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in cells[c]]
-             for c in ("id", "skill", "prompt", "answer")]
-    digest = batch_digest([Item(*(str(col[i]) for col in shown)) for i in range(rows)])
+    digest = _cells_digest(cells)
     duplicate_of = ledger.find(home, digest) if home is not None else None
     base = dict(file=str(path), contract_version=version, rows=rows, digest=digest)
     if duplicate_of is not None and stop_at_duplicate:
@@ -189,6 +187,40 @@ def check_batch(path: str | Path, cfg: ContractConfig, tokenizer, home: Home | N
     return Checked(report, results, duplicate_of)
 
 
+def _cells_digest(cells: dict) -> str:
+    """`batch_digest` of the rows as `load_batch` would read them (undecodable bytes shown as U+FFFD)."""
+    from demo_world.skills import Item
+    from tasks.batch_io import batch_digest
+
+    shown = [[v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in cells[c]]
+             for c in ("id", "skill", "prompt", "answer")]
+    return batch_digest([Item(*(str(col[i]) for col in shown)) for i in range(len(shown[0]))])
+
+
+def ensure_new_batch(path: str | Path, home: Home) -> None:
+    """Raise `DuplicateBatch` (and move the copy to `processed/duplicates/`) if these rows were accepted before.
+
+    Cheap (no GX, no tokenizer). A flow that caches the validate task by its inputs must call this
+    outside the cache: a cached `AcceptedBatch` for a re-sent identical file would skip the ledger.
+    A file that cannot be read passes here; `validate_batch` reports it.
+    """
+    from tasks.batch_io import UnreadableBatch, load_batch_table, text_cells
+
+    path = Path(path)
+    try:
+        digest = _cells_digest(text_cells(load_batch_table(path), path))
+    except UnreadableBatch:
+        return
+    entry = ledger.find(home, digest)
+    if entry is not None:
+        _skip_duplicate(path, digest, entry, home)
+
+
+def _skip_duplicate(path: Path, digest: str, entry: dict, home: Home):
+    moved = _move(path, home.processed / "duplicates") if path.is_file() else None
+    raise DuplicateBatch(str(path), digest, entry, str(moved) if moved else None)
+
+
 def _num(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "infinite"
 
@@ -205,8 +237,7 @@ def validate_batch(path: str, cfg: ContractConfig, tokenizer_folder: str, home: 
     checked = check_batch(path, cfg, load_tokenizer(str(tokenizer_folder)), home, docs=True)
     report = checked.report
     if checked.duplicate_of is not None:
-        moved = _move(path, home.processed / "duplicates") if path.is_file() else None
-        raise DuplicateBatch(str(path), report.digest, checked.duplicate_of, str(moved) if moved else None)
+        _skip_duplicate(path, report.digest, checked.duplicate_of, home)
 
     destination = None
     if not report.success and path.is_file():

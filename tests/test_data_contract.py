@@ -24,6 +24,7 @@ from tasks.validate import (
     UnreadableBatchError,
     check_batch,
     contract_table,
+    ensure_new_batch,
     inbox_batches,
     mark_processed,
     validate_batch,
@@ -276,6 +277,12 @@ def test_accepted_batch_is_moved_recorded_and_a_resent_copy_is_skipped(fresh_hom
         validate_batch(str(copy), ContractConfig(), tokenizer_folder, fresh_home)
     assert caught.value.digest == accepted.digest and "already accepted" in str(caught.value)
     assert not copy.exists() and Path(caught.value.moved_to).is_file()
+    # the cheap check a flow runs outside its task cache says the same
+    resent = write_jsonl(good_items(), fresh_home.inbox / "resent.jsonl")
+    with pytest.raises(DuplicateBatch):
+        ensure_new_batch(resent, fresh_home)
+    assert not resent.exists()
+    assert ensure_new_batch(write_jsonl(good_items(seed=99), fresh_home.inbox / "new.jsonl"), fresh_home) is None
     # the command says so too, and still checks the file
     write_jsonl(good_items(), tmp_path / "third.jsonl")
     out = []
