@@ -1,0 +1,1 @@
+"""The Prefect flows: `continual_update` (one update) and `nightly_updates` (every new inbox batch)."""
