@@ -184,7 +184,8 @@ def _value_check(name: str, metric: str, vt: ValueThreshold, m: dict[str, float]
     if not _finite(observed):
         return Check(name, "value", None, requirement, False,
                      f"{name}: metric {metric} is missing, so the threshold ({requirement}) fails")
-    ok = (vt.lower_bound is None or observed >= vt.lower_bound) and (vt.upper_bound is None or observed <= vt.upper_bound)
+    ok = ((vt.lower_bound is None or observed >= vt.lower_bound)
+          and (vt.upper_bound is None or observed <= vt.upper_bound))
     verb = "meets" if ok else "violates"
     msg = f"{name}: {metric} = {observed:.4g} {verb} {requirement}"
     if not ok and name.endswith("/acc"):

@@ -107,7 +107,8 @@ def decide(report: EvalReport, candidate: Candidate, champion: ModelRef | None, 
     model_name = candidate.model.name
     expected = champion.version if champion is not None else ""
     if report.candidate_version != candidate.model.version:
-        raise ValueError(f"the report evaluates v{report.candidate_version}, not the candidate v{candidate.model.version}")
+        raise ValueError(f"the report evaluates v{report.candidate_version}, not the candidate "
+                         f"v{candidate.model.version}")
     if report.champion_version != expected:
         raise ValueError(f"the report compares against v{report.champion_version or 'none'} but the champion passed "
                          f"is v{expected or 'none'}; evaluate against the champion you gate against")
@@ -430,7 +431,8 @@ def status_text(model_name: str = registry.STUDENT_MODEL) -> str:
     lines.append("versions:")
     for v in versions[-10:]:
         mark = "".join(f" @{a}" for a, n in aliases.items() if n == str(v.version))
-        lines.append(f"  v{str(v.version):4s} {v.tags.get('method', '?'):22s} {v.tags.get('gate_decision', 'undecided'):10s}"
+        lines.append(f"  v{str(v.version):4s} {v.tags.get('method', '?'):22s} "
+                     f"{v.tags.get('gate_decision', 'undecided'):10s}"
                      f"{mark}")
     runs = _decision_runs(model_name, 5)
     lines.append("last decisions:")

@@ -77,8 +77,8 @@ def tags(name, version):
 
 def test_a_good_candidate_is_promoted_with_an_audit_run(model, home, base_folder):
     v2 = register(model, base_folder, "v2", {"method": "opd"})
-    decision = decide(make_report("1", v2), make_candidate(model, v2, base_folder), champion_ref(model, "1", base_folder),
-                      CFG, home)
+    champion = champion_ref(model, "1", base_folder)
+    decision = decide(make_report("1", v2), make_candidate(model, v2, base_folder), champion, CFG, home)
     assert decision.promoted and decision.candidate_version == v2 and decision.champion_version == "1"
     assert aliases(model) == {"champion": v2, "previous-champion": "1"}
     t = tags(model, v2)
