@@ -75,7 +75,7 @@ def bootstrap(home: Home | None = None, seed: int = 0, model_name: str = registr
         if current is not None and not force:
             version = registry.get_version(model_name, current)
             log(f"bootstrap: {model_name} already has champion v{current}; nothing to do (use --force to redo)")
-            return ModelRef(name=model_name, version=version.version, folder=str(registry.local_folder(version)))
+            return ModelRef(name=model_name, version=str(version.version), folder=str(registry.local_folder(version)))
         cfg = PretrainConfig(seed=seed)
         cached, report = pretrained_base(cfg, log=log)
         dest = home.models / f"base-seed{seed}-{report['recipe_key']}"
@@ -108,7 +108,7 @@ def bootstrap(home: Home | None = None, seed: int = 0, model_name: str = registr
         client.set_registered_model_alias(model_name, registry.CHAMPION, version.version)
         log(f"bootstrap: registered {model_name} v{version.version} as champion "
             + " ".join(f"{k}={v:.2f}" for k, v in report["accuracy"].items()))
-        return ModelRef(name=model_name, version=version.version, folder=str(dest))
+        return ModelRef(name=model_name, version=str(version.version), folder=str(dest))
 
 
 def base_summary(report: dict) -> dict[str, float]:
