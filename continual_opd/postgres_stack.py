@@ -9,8 +9,10 @@ PostgreSQL refuses to run as root, so when this process is root the server tools
 user (created by Debian's `postgresql` package) through `runuser`.
 """
 
+import base64
 import contextlib
 import glob
+import json
 import os
 import pwd
 import secrets
@@ -20,6 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,21 +184,69 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """A user of an authenticated MLflow server (repr hides the password, so it cannot leak into a log)."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def header(self) -> dict[str, str]:
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+
+def write_basic_auth_config(path: Path, database_uri: str, admin_username: str = "admin") -> Path:
+    """The `basic-auth` app's ini: its user store on `database_uri`, new users may read, no password in the file.
+
+    The admin password goes in `MLFLOW_AUTH_ADMIN_PASSWORD` (see `launch_mlflow_server`): MLflow 3.17
+    ships no default one and refuses to start without it. Verified credentials are cached for 60 s:
+    each check is a deliberately slow scrypt hash, and one registration makes dozens of requests.
+    """
+    path = Path(path)
+    path.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {database_uri}\n"
+                    f"admin_username = {admin_username}\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                    "auth_cache_ttl_seconds = 60\n")
+    path.chmod(0o600)
+    return path
+
+
 def launch_mlflow_server(backend_uri: str, artifacts_destination: str, port: int, log_path: Path,
-                         workers: int = 1, env: dict | None = None) -> Server:
+                         workers: int = 1, auth_config: Path | None = None, admin: Credentials | None = None,
+                         env: dict | None = None) -> Server:
     """`mlflow server` on a database URI, artifacts proxied to `artifacts_destination` (a folder or s3://).
 
     The CLI creates the schema before it forks its uvicorn workers, so a fresh database needs no separate
-    `mlflow db upgrade`. Job execution is off: 2 processes instead of ~10 (FACTS.md).
+    `mlflow db upgrade`. Job execution is off: 2 processes instead of ~10 (FACTS.md). With `auth_config`
+    (see `write_basic_auth_config`) and `admin`, it runs MLflow's `basic-auth` app: every request but
+    /health needs a user.
     """
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+    argv = [_bin("mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
+            artifacts_destination, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    if auth_config is not None:
+        if admin is None:
+            raise ValueError("an authenticated MLflow server needs the admin's credentials (admin=Credentials(...))")
+        argv += ["--app-name", "basic-auth"]
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(auth_config), MLFLOW_AUTH_ADMIN_USERNAME=admin.username,
+                   MLFLOW_AUTH_ADMIN_PASSWORD=admin.password,
+                   MLFLOW_FLASK_SERVER_SECRET_KEY=env.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(16))
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [_bin("mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
-             artifacts_destination, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     return Server("mlflow server", proc, url, f"{url}/health", Path(log_path))
+
+
+def create_mlflow_user(server_url: str, admin: Credentials, username: str) -> Credentials:
+    """Create a user on a `basic-auth` MLflow server (the admin's REST call); returns its credentials."""
+    user = Credentials(username, secrets.token_urlsafe(16))
+    body = json.dumps({"username": user.username, "password": user.password}).encode()
+    request = urllib.request.Request(f"{server_url}/api/2.0/mlflow/users/create", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", **admin.header()})
+    with urllib.request.urlopen(request, timeout=30):
+        pass
+    return user
 
 
 def launch_prefect_server(database_url: str, port: int, prefect_home: Path, log_path: Path,
@@ -219,18 +270,25 @@ class PostgresStack:
     mlflow: Server
     prefect: Server
     artifacts: Path
+    mlflow_user: Credentials | None = None
 
     @property
     def client_env(self) -> dict[str, str]:
-        return {"MLFLOW_TRACKING_URI": self.mlflow.url, "PREFECT_API_URL": self.prefect.url}
+        env = {"MLFLOW_TRACKING_URI": self.mlflow.url, "PREFECT_API_URL": self.prefect.url}
+        if self.mlflow_user is not None:  # MLflow's client reads these; they never go into params or tags
+            env.update(MLFLOW_TRACKING_USERNAME=self.mlflow_user.username,
+                       MLFLOW_TRACKING_PASSWORD=self.mlflow_user.password)
+        return env
 
 
 @contextlib.contextmanager
-def postgres_stack(workdir: Path):
+def postgres_stack(workdir: Path, basic_auth: bool = True):
     """A throwaway cluster with an MLflow server and a Prefect server on it, all on free 127.0.0.1 ports.
 
-    Both servers start at once (each takes 10-25 s on 2 busy cores). On exit everything started here is
-    stopped and the cluster deleted; logs and the artifact folder stay in `workdir`.
+    With `basic_auth` the MLflow server runs the `basic-auth` app (its user store in the cluster too) and
+    `client_env` carries a service user `continual-opd` created by the admin. Both servers start at once
+    (each takes 10-25 s on 2 busy cores). On exit everything started here is stopped and the cluster
+    deleted; logs and the artifact folder stay in `workdir`.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -241,12 +299,18 @@ def postgres_stack(workdir: Path):
         cluster.create_database("prefect")
         artifacts = workdir / "mlflow-artifacts"
         artifacts.mkdir(exist_ok=True)
-        servers.append(launch_mlflow_server(mlflow_db, artifacts.as_uri(), free_port(), workdir / "mlflow-server.log"))
+        admin, auth_config = None, None
+        if basic_auth:
+            admin = Credentials("admin", secrets.token_urlsafe(16))
+            auth_config = write_basic_auth_config(workdir / "basic_auth.ini", cluster.create_database("mlflow_auth"))
+        servers.append(launch_mlflow_server(mlflow_db, artifacts.as_uri(), free_port(), workdir / "mlflow-server.log",
+                                            auth_config=auth_config, admin=admin))
         servers.append(launch_prefect_server(cluster.url("prefect", "asyncpg"), free_port(), workdir / "prefect-home",
                                              workdir / "prefect-server.log"))
         for server in servers:
             server.ready()
-        yield PostgresStack(cluster, servers[0], servers[1], artifacts)
+        user = create_mlflow_user(servers[0].url, admin, "continual-opd") if basic_auth else None
+        yield PostgresStack(cluster, servers[0], servers[1], artifacts, user)
     finally:
         for server in servers:
             server.stop()

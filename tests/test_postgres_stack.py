@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -71,10 +72,10 @@ print("RESULT " + json.dumps(out))
 '''
 
 
-def _get(url: str, **query) -> dict:
+def _get(url: str, headers: dict | None = None, **query) -> dict:
     if query:
         url += "?" + urllib.parse.urlencode(query)
-    with urllib.request.urlopen(url, timeout=30) as resp:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as resp:
         return json.loads(resp.read())
 
 
@@ -86,7 +87,9 @@ def test_registry_and_flow_runs_land_in_postgresql(base_folder, tmp_path):
     reason = missing_reason()
     if reason:
         pytest.skip(f"no PostgreSQL here: {reason}")
-    pytest.importorskip("psycopg2", reason="MLflow on PostgreSQL needs a driver: pip install -e '.[server]'")
+    for module, need in (("psycopg2", "MLflow on PostgreSQL needs a driver"),
+                         ("flask_wtf", "MLflow's basic-auth app needs Flask-WTF")):
+        pytest.importorskip(module, reason=f"{need}: pip install -e '.[server]'")
 
     with postgres_stack(tmp_path / "stack") as stack:
         env = {**os.environ, **stack.client_env, "CONTINUAL_OPD_HOME": str(tmp_path / "client-home")}
@@ -97,27 +100,47 @@ def test_registry_and_flow_runs_land_in_postgresql(base_folder, tmp_path):
         out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
         # the client used the servers it was given; the home's SQLite defaults did not override them
-        assert out["env"] == stack.client_env and out["tracking_uri"] == stack.mlflow.url
+        assert out["env"] == {"MLFLOW_TRACKING_URI": stack.mlflow.url, "PREFECT_API_URL": stack.prefect.url}
+        assert out["tracking_uri"] == stack.mlflow.url
         assert not (tmp_path / "client-home" / "mlflow.db").exists()
         assert (out["first"], out["second"], out["again"], out["champion"]) == ("1", "2", "1", "2")
         assert out["aliases"] == {"champion": "2", "previous-champion": "1"}
 
-        # MLflow's REST API and its PostgreSQL tables agree
+        # MLflow's REST API (behind basic auth) and its PostgreSQL tables agree
         api = f"{stack.mlflow.url}/api/2.0/mlflow"
-        model = _get(f"{api}/registered-models/get", name="continual-opd-student")["registered_model"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _get(f"{api}/registered-models/get", name="continual-opd-student")
+        assert refused.value.code == 401
+        auth = stack.mlflow_user.header()
+        model = _get(f"{api}/registered-models/get", auth, name="continual-opd-student")["registered_model"]
         assert {a["alias"]: a["version"] for a in model["aliases"]} == out["aliases"]
-        version = _get(f"{api}/model-versions/get", name="continual-opd-student", version="2")["model_version"]
+        version = _get(f"{api}/model-versions/get", auth, name="continual-opd-student", version="2")["model_version"]
         assert {t["key"]: t["value"] for t in version["tags"]}["flow_run_id"] == out["flow_run_id"]
         rows = stack.cluster.psql("SELECT alias, version FROM registered_model_aliases ORDER BY alias", "mlflow")
         assert rows.splitlines() == ["champion|2", "previous-champion|1"]
         tag = stack.cluster.psql("SELECT value FROM model_version_tags WHERE version = 2 AND key = 'flow_run_id'",
                                  "mlflow")
         assert tag == out["flow_run_id"]
+        grants = stack.cluster.psql(
+            "SELECT u.username, p.resource_pattern, p.permission FROM role_permissions p JOIN user_role_assignments a "
+            "ON a.role_id = p.role_id JOIN users u ON u.id = a.user_id WHERE p.resource_type = 'registered_model'",
+            "mlflow_auth")
+        assert grants == "continual-opd|continual-opd-student|MANAGE", "the service user created the model"
+
+        # the password went only through the environment: not into params, tags, or any output or log
+        password = stack.mlflow_user.password
+        stored = stack.cluster.psql("SELECT string_agg(value, ' ') FROM (SELECT value FROM params UNION ALL "
+                                    "SELECT value FROM tags UNION ALL SELECT value FROM model_version_tags) v",
+                                    "mlflow")
+        assert out["flow_run_id"] in stored and password not in stored
+        assert password not in proc.stdout + proc.stderr
+        for log in (tmp_path / "stack").glob("*.log"):
+            assert password not in log.read_text(errors="replace"), log
 
         # the weights went through the server's artifact proxy into --artifacts-destination, intact
         assert out["source"].startswith("mlflow-artifacts:/")
-        stored = next(stack.artifacts.rglob(f"{out['run_id']}/artifacts/model"))
-        assert _digests(stored) == _digests(Path(base_folder)) == out["fetched"]
+        weights = next(stack.artifacts.rglob(f"{out['run_id']}/artifacts/model"))
+        assert _digests(weights) == _digests(Path(base_folder)) == out["fetched"]
 
         # Prefect's REST API and its PostgreSQL tables know the flow run, Completed
         flow_run = _get(f"{stack.prefect.url}/flow_runs/{out['flow_run_id']}")
