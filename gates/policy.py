@@ -131,6 +131,7 @@ class Check:
     passed: bool | None
     message: str
     limit: float | None = None  # the change threshold's `absolute` (for the chart's margin lines)
+    why: str = ""  # the threshold's reason, from the policy file
 
 
 @dataclass(frozen=True)
@@ -183,16 +184,14 @@ def _value_check(name: str, metric: str, vt: ValueThreshold, m: dict[str, float]
     observed = m.get(metric)
     if not _finite(observed):
         return Check(name, "value", None, requirement, False,
-                     f"{name}: metric {metric} is missing, so the threshold ({requirement}) fails")
+                     f"{name}: metric {metric} is missing, so the threshold ({requirement}) fails", why=why)
     ok = ((vt.lower_bound is None or observed >= vt.lower_bound)
           and (vt.upper_bound is None or observed <= vt.upper_bound))
     verb = "meets" if ok else "violates"
     msg = f"{name}: {metric} = {observed:.4g} {verb} {requirement}"
     if not ok and name.endswith("/acc"):
         msg += f" ({_suite_summary(name[:-4], m)})"
-    if not ok and why:
-        msg += f" [{why}]"
-    return Check(name, "value", float(observed), requirement, ok, msg)
+    return Check(name, "value", float(observed), requirement, ok, msg, why=why)
 
 
 def _change_check(name: str, ct: ChangeThreshold, m: dict[str, float], why: str) -> Check:
@@ -205,7 +204,7 @@ def _change_check(name: str, ct: ChangeThreshold, m: dict[str, float], why: str)
     if not _finite(bound):
         return Check(name, "change", None, requirement, False,
                      f"suite {suite}: metric {key} is missing, so the change threshold ({requirement}) fails",
-                     ct.absolute)
+                     ct.absolute, why)
     ok = bound >= ct.absolute if ct.direction == "higher_is_better" else bound <= ct.absolute
     if ok:
         msg = f"suite {suite}: {requirement} holds ({_suite_summary(suite, m)})"
@@ -215,9 +214,7 @@ def _change_check(name: str, ct: ChangeThreshold, m: dict[str, float], why: str)
     else:
         msg = (f"suite {suite} regressed beyond its margin: {requirement} required, got {_pts(bound)} "
                f"({_suite_summary(suite, m)})")
-    if not ok and why:
-        msg += f" [{why}]"
-    return Check(name, "change", float(bound), requirement, ok, msg, ct.absolute)
+    return Check(name, "change", float(bound), requirement, ok, msg, ct.absolute, why)
 
 
 def evaluate_policy(policy: Policy, metrics: dict[str, float], target: str, core: list[str],

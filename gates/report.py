@@ -45,11 +45,13 @@ def render_markdown(*, title: str, decision: str, reasons: list[str], checks, re
     lines += ["", "## Suites", "", suite_table(report), "",
               f"drift/kl_core (per-token KL(champion || candidate) on core prompts): "
               f"{'n/a' if not math.isfinite(report.kl_core) else f'{report.kl_core:.4f}'}", "",
-              "## Checks", "", "| threshold | kind | observed | requirement | result |", "|---|---|---|---|---|"]
+              "## Checks", "", "| threshold | kind | observed | requirement | result | why |",
+              "|---|---|---|---|---|---|"]
     for c in checks:
         result = "skipped" if c.passed is None else ("pass" if c.passed else "FAIL")
         observed = "missing" if c.observed is None else f"{c.observed:.4g}"
-        lines.append(f"| {c.metric} | {c.kind} | {observed} | {c.requirement} | {result} |")
+        why = " ".join(getattr(c, "why", "").split())
+        lines.append(f"| {c.metric} | {c.kind} | {observed} | {c.requirement} | {result} | {why} |")
     if matrix_markdown:
         lines += ["", "## Accuracy matrix", "", matrix_markdown]
     return "\n".join(lines) + "\n"
@@ -86,8 +88,8 @@ def render_chart(report: EvalReport, path: str | Path, margins: dict[str, float]
     top.set_ylabel("strict accuracy")
     top.legend(loc="lower right", fontsize=8)
     top.set_title(title or "forgetting suite: champion vs candidate (error bars: 95% paired CI)")
-    for xi, c in zip(x, cand, strict=True):
-        top.annotate(f"{100 * c:.1f}", (xi + width / 2, c), ha="center", va="bottom", fontsize=7)
+    for xi, c, up in zip(x, cand, cand_err[1], strict=True):
+        top.annotate(f"{100 * c:.1f}", (xi + width / 2, c + up + 0.005), ha="center", va="bottom", fontsize=7)
 
     colors = ["#c0392b" if (margins and n in margins and math.isfinite(lo) and lo < margins[n]) else "#2e8b57"
               for n, lo in zip(names, low, strict=True)]

@@ -305,3 +305,38 @@ def test_inconsistent_inputs_are_refused(model, home, base_folder):
     with pytest.raises(ValueError, match="not the candidate"):
         decide(make_report("1", "42"), candidate, champion_ref(model, "1", base_folder), CFG, home)
     assert aliases(model) == {"champion": "1"} and "gate_decision" not in tags(model, v2)
+
+
+@pytest.mark.slow
+def test_inside_a_flow_task_the_transaction_rolls_back_and_the_report_becomes_a_prefect_artifact(
+        model, home, base_folder, monkeypatch):
+    """The realistic setting: decide() in a Prefect task, whose own transaction encloses the gate's."""
+    from prefect import flow, task
+    from prefect.artifacts import Artifact
+
+    import gates.promotion as promotion
+
+    v2 = register(model, base_folder, "v2")
+    champion = champion_ref(model, "1", base_folder)
+
+    @task(retries=0)
+    def gate_task(version):
+        return decide(make_report("1", version), make_candidate(model, version, base_folder), champion, CFG, home)
+
+    @flow
+    def gate_flow(version: str):
+        return gate_task(version)
+
+    def broken(*args, **kwargs):
+        raise OSError("artifact store unreachable")
+
+    monkeypatch.setattr(promotion, "_write_report", broken)
+    state = gate_flow(v2, return_state=True)
+    assert state.is_failed()
+    assert aliases(model) == {"champion": "1"} and "gate_decision" not in tags(model, v2)
+
+    monkeypatch.undo()
+    decision = gate_flow(v2)
+    assert decision.promoted and aliases(model) == {"champion": v2, "previous-champion": "1"}
+    artifact = Artifact.get("gate-report")
+    assert artifact is not None and "Gate decision: PROMOTED" in artifact.data and f"v{v2}" in artifact.data
