@@ -222,9 +222,11 @@ def launch_mlflow_server(backend_uri: str, artifacts_destination: str, port: int
     (see `write_basic_auth_config`) and `admin`, it runs MLflow's `basic-auth` app: every request but
     /health needs a user.
     """
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
-    argv = [_bin("mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
-            artifacts_destination, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    # The database URI (it holds a password) goes through the environment, not argv, which `ps` shows to all.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_BACKEND_STORE_URI": backend_uri,
+           **(env or {})}
+    argv = [_bin("mlflow"), "server", "--artifacts-destination", artifacts_destination, "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers)]
     if auth_config is not None:
         if admin is None:
             raise ValueError("an authenticated MLflow server needs the admin's credentials (admin=Credentials(...))")
