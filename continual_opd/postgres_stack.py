@@ -75,7 +75,6 @@ class PostgresCluster:
     port: int
     password: str
     bindir: Path
-    databases: list[str] = field(default_factory=list)
 
     @property
     def data(self) -> Path:
@@ -102,7 +101,6 @@ class PostgresCluster:
     def create_database(self, name: str) -> str:
         """Create a database owned by the app role; returns its psycopg2 URL."""
         self.psql(f'CREATE DATABASE "{name}" OWNER {APP_ROLE}')
-        self.databases.append(name)
         return self.url(name)
 
     def stop(self) -> None:
