@@ -106,3 +106,11 @@ class UpdateOutcome(Record):
     report: EvalReport
     decision: Decision
     mlflow_run_id: str
+
+
+class SkippedBatch(Record):
+    """An update that did nothing because its rows were already trained on (recognised by digest)."""
+
+    path: str
+    digest: str
+    reason: str

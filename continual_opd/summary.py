@@ -25,9 +25,9 @@ def outcome_table(outcome) -> str:
 
 def print_outcome(params, state, result) -> int:
     """Print the outcome of a flow run and return the exit code it maps to."""
-    from continual_opd.records import UpdateOutcome
+    from continual_opd.records import SkippedBatch, UpdateOutcome
     from tasks.teacher_rl import TeacherGateFailed
-    from tasks.validate import ContractViolation, DuplicateBatch
+    from tasks.validate import ContractViolation
 
     if isinstance(result, UpdateOutcome):
         print()
@@ -39,8 +39,8 @@ def print_outcome(params, state, result) -> int:
         print()
         print(WHERE_TO_LOOK)
         return EXIT_PROMOTED if result.decision.promoted else EXIT_REJECTED
-    if isinstance(result, DuplicateBatch):
-        print(f"skipped: {result}")
+    if isinstance(result, SkippedBatch):
+        print(f"skipped: {result.reason}")
         return EXIT_PROMOTED
     if isinstance(result, ContractViolation):
         print(f"data contract failed:\n{result}", file=sys.stderr)

@@ -19,14 +19,15 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from continual_opd import registry
 from continual_opd.home import current_home, file_lock, prepare_stores
-from continual_opd.records import AcceptedBatch, Candidate, Decision, EvalReport, ModelRef, Teacher, UpdateOutcome
+from continual_opd.records import (AcceptedBatch, Candidate, Decision, EvalReport, ModelRef, SkippedBatch, Teacher,
+                                   UpdateOutcome)
 from continual_opd.tracking import UPDATES_EXPERIMENT, code_revision
 from flows.params import UpdateParams
 from gates.promotion import decide
 from tasks.distill import distill
 from tasks.evaluate import evaluate
 from tasks.teacher_rl import train_teacher
-from tasks.validate import ContractViolation, contract_table, mark_processed, validate_batch
+from tasks.validate import ContractViolation, DuplicateBatch, contract_table, ensure_new_batch, mark_processed, validate_batch
 
 # A finished stage is reused when its inputs and code are unchanged; the MLflow parent run is not an input.
 STAGE_CACHE = (INPUTS + TASK_SOURCE) - "parent_run_id"
@@ -104,7 +105,7 @@ def _on_failure(flow, flow_run, state):
 
 
 @flow(name="continual-update", on_failure=[_on_failure], on_crashed=[_on_failure], log_prints=True)
-def continual_update(params: UpdateParams) -> UpdateOutcome:
+def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
     """Validate a batch, train a teacher, distil a candidate, evaluate it against the champion, gate it."""
     from continual_opd.tracking import close_update_run, open_update_run, set_stage
 
@@ -112,6 +113,11 @@ def continual_update(params: UpdateParams) -> UpdateOutcome:
     home = prepare_stores(current_home())
     with file_lock(home.locks / "update.lock",
                    on_wait=lambda: logger.warning("another continual update is running; waiting for it to finish")):
+        try:  # outside the task cache: a cached AcceptedBatch must never hide a re-sent copy
+            ensure_new_batch(params.batch, home)
+        except DuplicateBatch as dup:
+            logger.info(str(dup))
+            return SkippedBatch(path=params.batch, digest=dup.digest, reason=str(dup))
         champion = read_champion(params.student_model)
         run_id, ui_link = open_update_run(params, champion)
         create_link_artifact(ui_link, link_text="MLflow run of this update", key="mlflow-run",

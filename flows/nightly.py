@@ -21,7 +21,7 @@ class NightlyParams(StrictConfig):
 def nightly_updates(params: NightlyParams = NightlyParams()) -> list[dict]:
     """Run one continual update per inbox batch, oldest first."""
     from continual_opd.home import current_home, prepare_stores
-    from continual_opd.records import UpdateOutcome
+    from continual_opd.records import SkippedBatch, UpdateOutcome
     from flows.continual_update import continual_update
     from tasks.validate import inbox_batches
 
@@ -38,6 +38,8 @@ def nightly_updates(params: NightlyParams = NightlyParams()) -> list[dict]:
         result = state.result(raise_on_failure=False)
         if isinstance(result, UpdateOutcome):
             outcome = "promoted" if result.decision.promoted else "rejected"
+        elif isinstance(result, SkippedBatch):
+            outcome = "skipped: already trained on"
         else:
             outcome = f"failed: {type(result).__name__}: {str(result)[:300]}"
         logger.info(f"{path.name}: {outcome}")

@@ -7,7 +7,7 @@ that names the field, never a silently ignored setting. Each stage owns its sect
 from pathlib import Path
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from continual_opd.config import StrictConfig
 from continual_opd.registry import STUDENT_MODEL
@@ -27,6 +27,15 @@ class UpdateSettings(StrictConfig):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="On-policy distillation settings.")
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="Forgetting-suite settings.")
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate settings.")
+
+    @model_validator(mode="after")
+    def _contamination_covers_the_gate_suites(self):
+        if self.contract.suite_size != self.evaluation.suite_size:
+            raise ValueError(
+                f"contract.suite_size ({self.contract.suite_size}) must equal evaluation.suite_size "
+                f"({self.evaluation.suite_size}): the contamination check must cover exactly the items the gate uses"
+            )
+        return self
 
 
 class UpdateParams(UpdateSettings):
