@@ -115,6 +115,10 @@ def apply_env_defaults(home: Home | None = None) -> Home:
     for key, value in OFFLINE_AND_QUIET.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(home.prefect))
+    try:  # Prefect creates PREFECT_HOME at import without parents, and warns when it cannot
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # an unwritable home is reported clearly by Home.ensure() when it is used
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{home.mlflow_db}")
     return home
 
