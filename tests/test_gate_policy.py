@@ -148,7 +148,7 @@ def test_default_policy_blesses_a_good_update_and_rejects_each_violation():
         "add": suite("add", 0.35, 0.355, -0.01, 0.02),                # target did not improve
         "reverse": suite("reverse", 1.0, 0.96, -0.052, -0.029),       # core regressed beyond 2 points
         "copy": {"copy/candidate_acc": 0.85},                          # core below its absolute floor
-        "drift/kl_core": {"drift/kl_core": 0.14},                     # drift above the cap
+        "drift/kl_core": {"drift/kl_core": 0.056},                    # drift above the cap (opd_no_replay, lr 1e-3)
     }
     for name, override in violations.items():
         verdict = run(pol, good_metrics(**override))

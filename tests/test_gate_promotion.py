@@ -20,6 +20,7 @@ from continual_opd import registry
 from continual_opd.home import Home
 from continual_opd.records import Candidate, EvalReport, ModelRef, SuiteStats
 from gates import accuracy_matrix
+from gates.policy import load_policy
 from gates.promotion import (GATE_EXPERIMENT, GateConfig, RollbackRefused, audit_record, decide, gate_lock,
                              history_text, rollback, status_text)
 
@@ -83,7 +84,7 @@ def test_a_good_candidate_is_promoted_with_an_audit_run(model, home, base_folder
     assert aliases(model) == {"champion": v2, "previous-champion": "1"}
     t = tags(model, v2)
     assert t["gate_decision"] == "promoted" and t["gate_run_id"] == decision.audit_run_id
-    assert t["gate_policy_version"] == decision.policy_version == "default@1.0.0"
+    assert t["gate_policy_version"] == decision.policy_version == load_policy().version
 
     audit = audit_record(decision.audit_run_id)
     assert audit["status"] == "FINISHED"
