@@ -97,11 +97,12 @@ def taught_skills(home: Home, model_name: str) -> list[str]:
 
 
 def columns(model: dict) -> list[str]:
-    seen: dict[str, None] = {}
-    for row in model.get("rows", []):
-        for suite in model["accuracy"].get(row["version"], {}):
-            seen.setdefault(suite, None)
-    return list(seen)
+    """Suites with a number in some row, in the skills' declared order (targets, then cores)."""
+    from demo_world.skills import SKILLS
+
+    order = {name: i for i, name in enumerate(SKILLS)}
+    seen = {suite for row in model.get("rows", []) for suite in model["accuracy"].get(row["version"], {})}
+    return sorted(seen, key=lambda s: (order.get(s, len(order)), s))
 
 
 def gem_metrics(model: dict) -> dict[str, float | None]:
