@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from continual_opd import registry
 from continual_opd.config import StrictConfig
@@ -50,6 +50,12 @@ class GateConfig(StrictConfig):
 
     def policy_path(self) -> Path:
         return DEFAULT_POLICY if self.policy in ("", "default") else Path(self.policy).expanduser()
+
+    @model_validator(mode="after")
+    def _policy_loads(self):
+        """Fail when the update starts, not after minutes of training, if the policy file is wrong."""
+        load_policy(self.policy_path())
+        return self
 
 
 class RollbackRefused(ValueError):

@@ -212,3 +212,17 @@ def test_default_core_margin_is_certifiable_at_the_default_suite_size():
     assert noise_failure_probability(DEFAULT_SUITE_SIZE, 0.03, margin) < 0.05
     # ...whereas at FACTS.md's 540 items and 5.6% discordance (a -2 point bound on average) it fails half the time.
     assert noise_failure_probability(540, 0.056, margin) == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_gate_config_with_a_broken_policy_fails_at_construction(tmp_path):
+    from pydantic import ValidationError
+
+    from gates.promotion import GateConfig
+
+    assert GateConfig().policy_path() == DEFAULT_POLICY
+    path = tmp_path / "p.yaml"
+    path.write_text("policy_version: '2'\nname: strict\nthresholds:\n  - metric: '{core}/acc'\n"
+                    "    value: {lower_bound: 0.99}\n")
+    assert GateConfig(policy=str(path)).policy_path() == path
+    with pytest.raises(ValidationError, match="cannot be read"):
+        GateConfig(policy=str(tmp_path / "missing.yaml"))
