@@ -84,9 +84,9 @@ def render_chart(report: EvalReport, path: str | Path, margins: dict[str, float]
     cand_err = np.vstack([np.where(has_ci, delta - low, 0), np.where(has_ci, high - delta, 0)])
     top.bar(x + width / 2, cand, width, yerr=cand_err, capsize=4, label=f"candidate v{report.candidate_version}",
             color="#3b7dd8")
-    top.set_ylim(0, 1.08)
+    top.set_ylim(0, 1.22)
     top.set_ylabel("strict accuracy")
-    top.legend(loc="lower right", fontsize=8)
+    top.legend(loc="upper right", fontsize=8, ncol=2)
     top.set_title(title or "forgetting suite: champion vs candidate (error bars: 95% paired CI)")
     for xi, c, up in zip(x, cand, cand_err[1], strict=True):
         top.annotate(f"{100 * c:.1f}", (xi + width / 2, c + up + 0.005), ha="center", va="bottom", fontsize=7)
