@@ -124,7 +124,10 @@ def cmd_rollback(args) -> int:
     except (RollbackRefused, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    print(result)
+    print(f"champion -> v{result.candidate_version} (was v{result.champion_version}); recorded in gate-decisions "
+          f"run {result.audit_run_id}")
+    for reason in result.reasons:
+        print(f"  - {reason}")
     return 0
 
 
