@@ -1,0 +1,268 @@
+"""The distillation stage: routed per-row reverse KL, guards, resuming, registration, the baseline methods."""
+
+import pytest
+
+from continual_opd.records import AcceptedBatch, ModelRef, Teacher
+
+TEST_MODEL = "test-distill-student"  # own registered model, so other tests' `candidate` alias is untouched
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def make_batch(tmp_path, n=256, skill="add") -> AcceptedBatch:
+    from demo_world.skills import SKILLS
+    from tasks.batch_io import batch_digest, write_jsonl
+
+    items = SKILLS[skill].items("train", n, seed=7)
+    path = write_jsonl(items, tmp_path / f"{skill}.jsonl")
+    return AcceptedBatch(path=str(path), digest=batch_digest(items), skill=skill, rows=n, contract_version="test")
+
+
+def make_teacher(base_folder, dest, steps=20, version="900") -> Teacher:
+    """A teacher made quickly: a copy of the base trained by plain cross-entropy on `add` (tests only)."""
+    import torch
+
+    from continual_opd.modelio import load_model, save_model_atomic
+    from demo_world.pretrain import encode_examples
+    from demo_world.skills import SKILLS
+
+    torch.manual_seed(0)
+    model, tok = load_model(base_folder, device="cpu")
+    items = SKILLS["add"].items("train", 64 * steps, seed=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for step in range(steps):
+        chunk = items[step * 64:(step + 1) * 64]
+        ids, attn, labels = encode_examples(tok, [(it.prompt, it.answer) for it in chunk], "cpu")
+        model(input_ids=ids, attention_mask=attn, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    save_model_atomic(model, tok, dest)
+    return Teacher(model=ModelRef(name="test-teacher", version=version, folder=str(dest)), skill="add",
+                   initial_accuracy=0.0, accuracy=0.0, steps=steps)
+
+
+def tiny_cfg(**overrides):
+    from tasks.distill import DistillConfig
+
+    settings = dict(steps=4, prompts_per_step=16, eval_every=2, eval_items=20, checkpoint_every=2,
+                    registered_model=TEST_MODEL)
+    return DistillConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def teacher(base_folder, tmp_path_factory):
+    return make_teacher(base_folder, tmp_path_factory.mktemp("teacher") / "teacher")
+
+
+# ------------------------------------------------------------------------------- the routed loss
+
+
+def _fixed_batch(tokenizer, rows, routes):
+    """Left-padded prompts, right-padded completions (some without EOS), as TRL builds them."""
+    import torch
+
+    pad = tokenizer.pad_token_id
+    prompts = [tokenizer(p)["input_ids"] for p, _ in rows]
+    completions = [tokenizer(c, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
+                   for (_, (c, eos)) in rows]
+    width_p, width_c = max(map(len, prompts)), max(map(len, completions))
+    return {
+        "prompt_ids": torch.tensor([[pad] * (width_p - len(p)) + p for p in prompts]),
+        "prompt_mask": torch.tensor([[0] * (width_p - len(p)) + [1] * len(p) for p in prompts]),
+        "completion_ids": torch.tensor([c + [pad] * (width_c - len(c)) for c in completions]),
+        "completion_mask": torch.tensor([[1] * len(c) + [0] * (width_c - len(c)) for c in completions]),
+        "route": torch.tensor(routes),
+    }
+
+
+def _reverse_kl_per_row(student, teacher, batch):
+    """KL(student || teacher) summed over each row's completion tokens, from full logits (plain torch)."""
+    import torch
+
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    start = batch["prompt_ids"].size(1) - 1  # the logit at position t predicts token t + 1
+    log_s = torch.log_softmax(student(input_ids=ids, attention_mask=attn).logits[:, start:-1].float(), -1)
+    with torch.no_grad():
+        log_t = torch.log_softmax(teacher(input_ids=ids, attention_mask=attn).logits[:, start:-1].float(), -1)
+    per_token = (log_s.exp() * (log_s - log_t)).sum(-1) * batch["completion_mask"]
+    return per_token.sum(-1)
+
+
+def test_each_row_loss_is_reverse_kl_to_its_own_teacher(tmp_path):
+    import torch
+    from datasets import Dataset
+    from trl import DistillationConfig
+
+    from demo_world.model import build_tiny_model
+    from demo_world.tokenizer import build_tokenizer
+    from tasks.routed_distillation import RoutedDistillationTrainer
+
+    torch.set_num_threads(1)
+    tok = build_tokenizer()
+    student, target_teacher, anchor = (build_tiny_model(tok, seed=s) for s in (0, 1, 2))
+    with torch.no_grad():  # untrained models are near uniform: sharpen the teachers so they clearly disagree
+        target_teacher.model.norm.weight.mul_(3.0)
+        anchor.model.norm.weight.mul_(6.0)
+    args = DistillationConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none",
+                              per_device_train_batch_size=4, max_completion_length=4, beta=1.0)
+    data = Dataset.from_list([{"prompt": "1+1=", "route": "target"}] * 4)
+    trainer = RoutedDistillationTrainer(student, {"target": target_teacher, "anchor": anchor}, args=args,
+                                        train_dataset=data, processing_class=tok)
+    rows = [("12+34=", ("46", True)), ("rev:abc=", ("cba", True)), ("up:hello=", ("HEL", False)),
+            ("99+10=", ("1", False))]
+    routes = [0, 1, 1, 0]  # target, anchor, anchor, target
+    batch = _fixed_batch(tok, rows, routes)
+    tokens = batch["completion_mask"].sum(-1).float()
+
+    # Independently: each row against its own teacher, and against the other one (must differ).
+    own = torch.stack([_reverse_kl_per_row(student, target_teacher if r == 0 else anchor, batch)[i]
+                       for i, r in enumerate(routes)])
+    other = torch.stack([_reverse_kl_per_row(student, anchor if r == 0 else target_teacher, batch)[i]
+                         for i, r in enumerate(routes)])
+    assert ((own - other).abs() / own > 0.05).all(), "the two teachers must disagree for this test to mean anything"
+
+    # Row by row: the trainer's loss on a one-row batch is that row's mean reverse KL to its own teacher.
+    for i in range(len(rows)):
+        one = {k: v[i:i + 1] for k, v in batch.items()}
+        loss, _, n = trainer._compute_loss(student, one, None)
+        assert int(n) == int(tokens[i])
+        torch.testing.assert_close(loss, own[i].detach() / tokens[i], rtol=1e-4, atol=1e-6)
+
+    # The whole batch: the token-weighted sum of the rows, normalised once, and the same gradients.
+    loss, _, _ = trainer._compute_loss(student, batch, None)
+    expected = own.sum() / tokens.sum()
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-4, atol=1e-6)
+    grads = torch.autograd.grad(loss, list(student.parameters()), allow_unused=True)
+    expected_grads = torch.autograd.grad(expected, list(student.parameters()), allow_unused=True)
+    for g, e in zip(grads, expected_grads, strict=True):
+        if e is not None:
+            torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-6)
+    metrics = trainer._metrics["train" if trainer.model.training else "eval"]
+    assert metrics["kl/target"][-1] == pytest.approx(float((own[0] + own[3]) / (tokens[0] + tokens[3])), rel=1e-4)
+    assert metrics["kl/anchor"][-1] == pytest.approx(float((own[1] + own[2]) / (tokens[1] + tokens[2])), rel=1e-4)
+
+    # The optional KL-to-anchor term adds coef x KL(student || anchor) on the target rows only.
+    trainer.anchor_route, trainer.anchor_kl_coef = "anchor", 0.5
+    loss, _, _ = trainer._compute_loss(student, batch, None)
+    to_anchor = _reverse_kl_per_row(student, anchor, batch)
+    expected = (own.sum() + 0.5 * (to_anchor[0] + to_anchor[3])) / tokens.sum()
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------- guards
+
+
+def _versions(registry) -> set[str]:
+    return {v.version for v in registry.client().search_model_versions(f"name='{TEST_MODEL}'")}
+
+
+def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, champion, home):
+    from continual_opd import registry
+    from continual_opd.modelio import save_model_atomic
+    from demo_world.model import build_tiny_model
+    from demo_world.tokenizer import build_tokenizer
+    from tasks.distill import DistillationGuardError, distill
+
+    tok = build_tokenizer()
+    tok.add_tokens(["#"])  # one more token: 70 instead of 69
+    save_model_atomic(build_tiny_model(tok), tok, tmp_path / "alien")
+    alien = Teacher(model=ModelRef(name="test-teacher", version="901", folder=str(tmp_path / "alien")),
+                    skill="add", initial_accuracy=0.0, accuracy=0.0, steps=0)
+    before = _versions(registry)
+    with pytest.raises(DistillationGuardError, match="different vocabularies"):
+        distill(make_batch(tmp_path), champion, alien, tiny_cfg(seed=101), home)
+    assert _versions(registry) == before, "nothing may be registered"
+
+
+def test_untrained_teacher_is_stopped_by_the_initial_kl_guard(tmp_path, champion, home):
+    from continual_opd import registry
+    from continual_opd.modelio import save_model_atomic
+    from demo_world.model import build_tiny_model
+    from demo_world.tokenizer import build_tokenizer
+    from tasks.distill import DistillationGuardError, distill
+
+    tok = build_tokenizer()
+    save_model_atomic(build_tiny_model(tok, seed=5), tok, tmp_path / "random")  # same vocabulary, never trained
+    broken = Teacher(model=ModelRef(name="test-teacher", version="902", folder=str(tmp_path / "random")),
+                     skill="add", initial_accuracy=0.0, accuracy=0.0, steps=0)
+    before = _versions(registry)
+    with pytest.raises(DistillationGuardError, match="reverse KL") as err:
+        distill(make_batch(tmp_path), champion, broken, tiny_cfg(seed=102), home)
+    assert "max_initial_kl" in str(err.value)
+    assert _versions(registry) == before, "nothing may be registered"
+
+
+# ------------------------------------------------------------------------ training, resume, registry
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, champion, teacher, home):
+    from transformers import TrainerCallback
+
+    from tasks.distill import candidate_key, distill, last_complete_checkpoint
+
+    class InterruptAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise Interrupted(f"interrupted after saving step {state.global_step}")
+
+    batch, cfg = make_batch(tmp_path), tiny_cfg(seed=103)
+    with pytest.raises(Interrupted):
+        distill(batch, champion, teacher, cfg, home, callbacks=[InterruptAfterFirstSave()])
+    work = home.checkpoints / f"distill-{candidate_key(batch, champion, teacher, cfg).split(':')[-1][:16]}"
+    saved = last_complete_checkpoint(work / "trainer")
+    assert saved is not None and saved.name == "checkpoint-2"
+
+    candidate = distill(batch, champion, teacher, cfg, home)
+    assert candidate.metrics["resumed_from_step"] == 2
+    assert candidate.metrics["steps"] == cfg.steps
+    assert not work.exists(), "checkpoints are removed once the candidate is registered"
+
+
+@pytest.mark.slow
+def test_opd_run_registers_a_candidate_with_lineage(tmp_path, champion, teacher, home):
+    import mlflow
+
+    from continual_opd import registry
+    from continual_opd.modelio import load_model
+    from tasks.distill import distill
+
+    batch, cfg = make_batch(tmp_path), tiny_cfg(seed=104)
+    with mlflow.start_run(experiment_id=registry.experiment_id("continual-updates")) as parent:
+        candidate = distill(batch, champion, teacher, cfg, home, parent_run_id=parent.info.run_id)
+    version = registry.get_version(TEST_MODEL, candidate.model.version)
+    assert registry.aliases(TEST_MODEL)[registry.CANDIDATE] == candidate.model.version
+    expected = {"parent_version": champion.version, "teacher_version": teacher.model.version,
+                "data_digest": batch.digest, "config_hash": cfg.config_hash(), "method": "opd"}
+    assert {k: version.tags.get(k) for k in expected} == expected
+    assert version.tags["code_revision"] and "flow_run_id" in version.tags
+    assert candidate.parent_version == champion.version and candidate.method == "opd"
+    model, _ = load_model(candidate.model.folder, device="cpu")  # a complete, loadable folder
+
+    run = registry.client().get_run(candidate.run_id)
+    assert run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    logged = run.data.metrics
+    for name in ("train/kl/target", "train/kl/anchor", "train/entropy", "train/completions/mean_length",
+                 "train/tokens_sampled", "step_seconds", "heldout/add_acc", "heldout/copy_acc", "initial_kl/target"):
+        assert name in logged, name
+
+    again = distill(batch, champion, teacher, cfg, home)  # idempotent: the same version, nothing retrained
+    assert again.model.version == candidate.model.version
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sft_teacher_samples", "grpo"])
+def test_baseline_methods_train_and_register(tmp_path, champion, teacher, home, method):
+    from continual_opd import registry
+    from tasks.distill import distill
+
+    cfg = tiny_cfg(method=method, steps=2, eval_every=2, seed=105)
+    candidate = distill(make_batch(tmp_path), champion, teacher, cfg, home)
+    assert candidate.method == method and candidate.metrics["steps"] == 2
+    assert registry.get_version(TEST_MODEL, candidate.model.version).tags["method"] == method
