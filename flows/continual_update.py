@@ -94,7 +94,7 @@ def _file_sha256(path: str) -> str:
 
 def read_champion(model_name: str) -> ModelRef:
     version = registry.version_by_alias(model_name, registry.CHAMPION)
-    return ModelRef(name=model_name, version=version.version, folder=str(registry.local_folder(version)))
+    return ModelRef(name=model_name, version=str(version.version), folder=str(registry.local_folder(version)))
 
 
 def _on_failure(flow, flow_run, state):
@@ -104,7 +104,7 @@ def _on_failure(flow, flow_run, state):
     close_update_run(str(flow_run.id), state)
 
 
-@flow(name="continual-update", on_failure=[_on_failure], on_crashed=[_on_failure], log_prints=True)
+@flow(name="continual-update", on_failure=[_on_failure], on_crashed=[_on_failure])
 def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
     """Validate a batch, train a teacher, distil a candidate, evaluate it against the champion, gate it."""
     from continual_opd.tracking import close_update_run, open_update_run, set_stage

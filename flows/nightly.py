@@ -17,7 +17,7 @@ class NightlyParams(StrictConfig):
     max_batches: int = Field(10, ge=1, description="Process at most this many inbox batches in one night.")
 
 
-@flow(name="nightly-updates", log_prints=True)
+@flow(name="nightly-updates")
 def nightly_updates(params: NightlyParams = NightlyParams()) -> list[dict]:
     """Run one continual update per inbox batch, oldest first."""
     from continual_opd.home import current_home, prepare_stores
