@@ -46,6 +46,7 @@ STAGE = "distill"
 Method = Literal["opd", "opd_no_replay", "sft_teacher_samples", "grpo"]
 TARGET_ROUTE, ANCHOR_ROUTE = "target", "anchor"
 REPORT_FILE = "distill_report.json"
+GUARD_PROBE_PROMPTS = 64  # target prompts sampled for the step-0 KL guard (fewer make the mean noisy)
 MIN_EVAL_TOKENS = 8  # `skill_accuracy`'s default, so curves here match every other stage's numbers
 
 
@@ -267,8 +268,7 @@ def _train(targets, skill, champion, teacher, cfg: DistillConfig, work: Path, lo
 
     checkpoint = last_complete_checkpoint(work / "trainer")
     if cfg.method in ("opd", "opd_no_replay"):
-        probe = [r for r in trainer.train_dataset.select(range(min(len(trainer.train_dataset), 256)))
-                 if r["route"] == TARGET_ROUTE][:cfg.prompts_per_step]
+        probe = [r for r in trainer.train_dataset if r["route"] == TARGET_ROUTE][:GUARD_PROBE_PROMPTS]
         initial_kl = trainer.measure_route_kl(probe)[TARGET_ROUTE]
         metrics["initial_kl/target"] = initial_kl
         logger.add({"initial_kl/target": initial_kl}, 0)

@@ -203,9 +203,12 @@ class Interrupted(RuntimeError):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, champion, teacher, home):
+def test_interrupted_run_resumes_and_registers_a_candidate_with_lineage(tmp_path, champion, teacher, home):
+    import mlflow
     from transformers import TrainerCallback
 
+    from continual_opd import registry
+    from continual_opd.modelio import load_model
     from tasks.distill import candidate_key, distill, last_complete_checkpoint
 
     class InterruptAfterFirstSave(TrainerCallback):
@@ -213,47 +216,39 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, champion, te
             raise Interrupted(f"interrupted after saving step {state.global_step}")
 
     batch, cfg = make_batch(tmp_path), tiny_cfg(seed=103)
+    before = _versions(registry)
     with pytest.raises(Interrupted):
         distill(batch, champion, teacher, cfg, home, callbacks=[InterruptAfterFirstSave()])
+    assert _versions(registry) == before, "an interrupted run registers nothing"
     work = home.checkpoints / f"distill-{candidate_key(batch, champion, teacher, cfg).split(':')[-1][:16]}"
     saved = last_complete_checkpoint(work / "trainer")
     assert saved is not None and saved.name == "checkpoint-2"
 
-    candidate = distill(batch, champion, teacher, cfg, home)
+    with mlflow.start_run(experiment_id=registry.experiment_id("continual-updates")) as parent:
+        candidate = distill(batch, champion, teacher, cfg, home, parent_run_id=parent.info.run_id)
     assert candidate.metrics["resumed_from_step"] == 2
     assert candidate.metrics["steps"] == cfg.steps
     assert not work.exists(), "checkpoints are removed once the candidate is registered"
 
-
-@pytest.mark.slow
-def test_opd_run_registers_a_candidate_with_lineage(tmp_path, champion, teacher, home):
-    import mlflow
-
-    from continual_opd import registry
-    from continual_opd.modelio import load_model
-    from tasks.distill import distill
-
-    batch, cfg = make_batch(tmp_path), tiny_cfg(seed=104)
-    with mlflow.start_run(experiment_id=registry.experiment_id("continual-updates")) as parent:
-        candidate = distill(batch, champion, teacher, cfg, home, parent_run_id=parent.info.run_id)
+    # Registered with alias `candidate` and the lineage tags; the folder is complete and loadable.
     version = registry.get_version(TEST_MODEL, candidate.model.version)
-    assert registry.aliases(TEST_MODEL)[registry.CANDIDATE] == candidate.model.version
+    assert str(registry.aliases(TEST_MODEL)[registry.CANDIDATE]) == candidate.model.version
     expected = {"parent_version": champion.version, "teacher_version": teacher.model.version,
                 "data_digest": batch.digest, "config_hash": cfg.config_hash(), "method": "opd"}
     assert {k: version.tags.get(k) for k in expected} == expected
     assert version.tags["code_revision"] and "flow_run_id" in version.tags
     assert candidate.parent_version == champion.version and candidate.method == "opd"
-    model, _ = load_model(candidate.model.folder, device="cpu")  # a complete, loadable folder
+    load_model(candidate.model.folder, device="cpu")
 
+    # The stage run is nested under the update's run and holds the training curves.
     run = registry.client().get_run(candidate.run_id)
     assert run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    logged = run.data.metrics
     for name in ("train/kl/target", "train/kl/anchor", "train/entropy", "train/completions/mean_length",
                  "train/tokens_sampled", "step_seconds", "heldout/add_acc", "heldout/copy_acc", "initial_kl/target"):
-        assert name in logged, name
+        assert name in run.data.metrics, name
 
     again = distill(batch, champion, teacher, cfg, home)  # idempotent: the same version, nothing retrained
-    assert again.model.version == candidate.model.version
+    assert again.model.version == candidate.model.version and _versions(registry) == before | {again.model.version}
 
 
 @pytest.mark.slow
