@@ -90,6 +90,10 @@ class TeacherGateFailed(RuntimeError):
             + (f" MLflow run {run_id}." if run_id else "")
         )
 
+    def __reduce__(self):  # Prefect may pickle a failed task's exception: rebuild it from its numbers
+        return type(self), (self.skill, self.initial_accuracy, self.accuracy, self.margin, self.items, self.steps,
+                             self.run_id)
+
 
 def train_teacher(batch: AcceptedBatch, champion: ModelRef, cfg: TeacherConfig, home: Home,
                   parent_run_id: str | None = None, reward_fn: RewardFunction | None = None) -> Teacher:

@@ -1,5 +1,7 @@
 """The teacher RL stage: the teacher gate, reuse of an identical teacher, and a real GRPO run on `add`."""
 
+import pickle
+
 import pytest
 
 
@@ -87,6 +89,7 @@ def test_gate_rejects_a_teacher_that_did_not_improve(add_batch, champion, home):
     err = failed.value
     assert err.accuracy == err.initial_accuracy and err.margin == 0.1
     assert f"{err.accuracy:.3f}" in str(err) and "margin 0.100" in str(err)
+    assert pickle.loads(pickle.dumps(err)).args == err.args  # survives Prefect's result serialisation
     assert _versions(_key(add_batch, champion, cfg)) == []  # nothing registered as a teacher
     assert not teacher_folder(home, _key(add_batch, champion, cfg)).exists()
 
