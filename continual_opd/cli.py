@@ -17,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="bootstrap the demo world if needed, drop a demo batch, run one update")
     demo.add_argument("--skill", default="add", help="target skill of the demo batch (add, sub, mul)")
-    demo.add_argument("--rows", type=int, default=512, help="rows in the demo batch")
+    demo.add_argument("--rows", type=int, default=2048, help="rows in the demo batch")
     demo.add_argument("--config", help="YAML file of update parameters")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 

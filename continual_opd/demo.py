@@ -19,7 +19,7 @@ def demo_batch_path(home, skill: str, rows: int):
     return path
 
 
-def run_demo(skill: str = "add", rows: int = 512, config: str | None = None, overrides=()) -> int:
+def run_demo(skill: str = "add", rows: int = 2048, config: str | None = None, overrides=()) -> int:
     from continual_opd.cli import EXIT_ERROR, run_update
     from demo_world.bootstrap import bootstrap
     from flows.params import ParamsError, load_params
