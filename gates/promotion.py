@@ -1,9 +1,12 @@
 """The gate's decision, the registry moves it causes, rollback, and the audit trail that records them.
 
 Safety under concurrency. MLflow alias moves are last-writer-wins and keep no history (FACTS.md), so:
-- every decision and rollback runs under Prefect's global concurrency limit (`continual-opd-gate`, one
-  slot, created when missing) AND an flock on `<home>/locks/gate.lock`: the ephemeral Prefect API lives
-  in each process, so only the file lock serialises processes sharing a home on SQLite;
+- every decision and rollback runs under an flock on `<home>/locks/gate.lock` and, when a Prefect server
+  is configured (`PREFECT_API_URL`), under its global concurrency limit (`continual-opd-gate`, one slot,
+  created when missing), which serialises homes on several machines. The embedded default has no
+  server: each process's ephemeral API cannot revoke the lease of a holder that was killed, so its slot
+  would stay taken and block every later gate of the home for good; the flock, which the kernel releases
+  with the process, is the lock there (tests/test_reliability_crash.py);
 - inside the lock the champion is read again; if it is no longer the version the candidate was
   evaluated against, the candidate is rejected ("champion moved ... rerun against the new champion"),
   so two updates started from the same champion can never both be promoted;
@@ -45,7 +48,8 @@ class GateConfig(StrictConfig):
     policy: str = Field(default="default", description="Gate policy YAML path; 'default' is the packaged "
                                                         "gates/default_policy.yaml.")
     concurrency_limit: str = Field(default="continual-opd-gate", description="Prefect global concurrency limit "
-                                   "(1 slot) held while deciding; empty to rely on the home's file lock only.")
+                                   "(1 slot) held while deciding when a Prefect server is configured; empty to rely "
+                                   "on the home's file lock only.")
     lock_timeout_s: float = Field(default=1800.0, gt=0, description="Seconds to wait for the gate's lock.")
 
     def policy_path(self) -> Path:
@@ -69,8 +73,8 @@ def _aliases(model_name: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def gate_lock(cfg: GateConfig, home: Home):
-    """Prefect's global concurrency slot (across a shared API), then the home's flock (across processes)."""
-    if cfg.concurrency_limit:
+    """Prefect's global concurrency slot (on a shared server), then the home's flock (across processes)."""
+    if cfg.concurrency_limit and prefect_server_configured():
         from prefect.concurrency.sync import concurrency
 
         ensure_concurrency_limit(cfg.concurrency_limit)
@@ -80,6 +84,13 @@ def gate_lock(cfg: GateConfig, home: Home):
     else:
         with file_lock(home.locks / "gate.lock"):
             yield
+
+
+def prefect_server_configured() -> bool:
+    """True when flows talk to a Prefect server (which revokes a dead holder's lease), not an ephemeral API."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
 
 
 def ensure_concurrency_limit(name: str, limit: int = 1) -> None:

@@ -198,8 +198,11 @@ def test_two_concurrent_gate_runs_are_serialised_and_only_one_wins(model, home, 
     assert tags(model, winner)["gate_decision"] == "promoted" and tags(model, loser)["gate_decision"] == "rejected"
 
 
-def test_the_prefect_concurrency_limit_serialises_even_across_homes(tmp_path):
+def test_the_prefect_concurrency_limit_serialises_even_across_homes(tmp_path, monkeypatch):
     """Two different homes (so two different file locks): only the Prefect global limit can serialise them."""
+    from gates import promotion
+
+    monkeypatch.setattr(promotion, "prefect_server_configured", lambda: True)  # this process's API plays the server
     spans = []
 
     def hold(home):
