@@ -98,7 +98,7 @@ def taught_skills(home: Home, model_name: str) -> list[str]:
 
 def columns(model: dict) -> list[str]:
     """Suites with a number in some row, in the skills' declared order (targets, then cores)."""
-    from demo_world.skills import SKILLS
+    from continual_opd.skills import SKILLS
 
     order = {name: i for i, name in enumerate(SKILLS)}
     seen = {suite for row in model.get("rows", []) for suite in model["accuracy"].get(row["version"], {})}
@@ -130,7 +130,7 @@ def gem_metrics(model: dict) -> dict[str, float | None]:
 
 
 def _is_target(suite: str) -> bool:
-    from demo_world.skills import SKILLS
+    from continual_opd.skills import SKILLS
 
     skill = SKILLS.get(suite)
     return skill is not None and skill.role == "target"

@@ -117,7 +117,7 @@ def decide(report: EvalReport, candidate: Candidate, champion: ModelRef | None, 
 
     Idempotent per candidate version: deciding a candidate that already has a recorded decision returns it.
     """
-    from demo_world.skills import CORE_SKILLS
+    from continual_opd.skills import CORE_SKILLS
     from tasks.evaluate import report_metrics
 
     policy = load_policy(cfg.policy_path())

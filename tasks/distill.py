@@ -107,7 +107,7 @@ def distill(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: Dis
     the same inputs returns the already registered candidate, or resumes an interrupted run from its last
     checkpoint. `callbacks` are extra `transformers.TrainerCallback`s (tests use one to interrupt a run).
     """
-    from demo_world.skills import get_skill
+    from continual_opd.skills import get_skill
     from tasks.batch_io import load_batch
 
     skill = get_skill(batch.skill)
@@ -169,7 +169,7 @@ def training_rows(targets, cfg: DistillConfig) -> list[dict]:
     splits, an equal share per skill. The order is a pure function of the inputs, so a resumed run sees
     the same steps.
     """
-    from demo_world.skills import CORE_SKILLS, SKILLS
+    from continual_opd.skills import CORE_SKILLS, SKILLS
 
     rng = random.Random(cfg.seed)
     n_replay = cfg.replay_per_step
@@ -247,7 +247,7 @@ def _train(targets, skill, champion, teacher, cfg: DistillConfig, work: Path, lo
     from transformers import PrinterCallback
 
     from continual_opd.modelio import load_model
-    from demo_world.skills import CORE_SKILLS
+    from continual_opd.skills import CORE_SKILLS
     from tasks.suites import build_suites, suite_names
 
     torch.manual_seed(cfg.seed)
@@ -408,7 +408,7 @@ def _heldout_callback(tokenizer, eval_sets, cfg: DistillConfig, logger: _MetricB
     from transformers import TrainerCallback
 
     from continual_opd.decoding import skill_accuracy
-    from demo_world.skills import SKILLS
+    from continual_opd.skills import SKILLS
 
     class HeldoutEval(TrainerCallback):
         """Trainer logs, step time and held-out accuracy (target + core) every `eval_every` steps, to MLflow."""

@@ -46,7 +46,7 @@ def evaluate(champion: ModelRef | None, candidate: Candidate, target_skill: str,
 
     from continual_opd.modelio import load_model
     from continual_opd.tracking import stage_run
-    from demo_world.skills import get_skill
+    from continual_opd.skills import get_skill
     from gates import accuracy_matrix
 
     skill = get_skill(target_skill)

@@ -5,7 +5,7 @@ items the gate uses" is one definition. Sizes default to what certifies the gate
 (FACTS.md: with ~540 items and no change the paired 95% lower bound is about -2 points).
 """
 
-from demo_world.skills import CORE_SKILLS, SKILLS, Item
+from continual_opd.skills import CORE_SKILLS, SKILLS, Item
 
 DEFAULT_SUITE_SIZE = 1000
 SUITE_SEED = 20261124

@@ -102,7 +102,7 @@ def train_teacher(batch: AcceptedBatch, champion: ModelRef, cfg: TeacherConfig, 
     `reward_fn` replaces the correctness reward (default: exact match with the skill's verifier); the
     teacher gate still uses the verifier, which is how a reward that does not measure the skill is caught.
     """
-    from demo_world.skills import get_skill
+    from continual_opd.skills import get_skill
     from tasks.batch_io import load_batch
 
     skill = get_skill(batch.skill)

@@ -126,7 +126,7 @@ def load_tokenizer(folder: str):
 
 def contract_parameters(cfg: ContractConfig) -> dict:
     """The $PARAMETER values of batch_rows.json."""
-    from demo_world.skills import SKILLS
+    from continual_opd.skills import SKILLS
 
     return {"min_rows": cfg.min_rows, "max_rows": cfg.max_rows, "known_skills": sorted(SKILLS),
             "min_prompt_tokens": cfg.min_prompt_tokens, "max_prompt_tokens": cfg.max_prompt_tokens,
@@ -144,7 +144,7 @@ def check_batch(path: str | Path, cfg: ContractConfig, tokenizer, home: Home | N
     from data_contracts.gx_run import run_suites
     from data_contracts.report import outcomes
     from data_contracts.shift import shift_parameters
-    from demo_world.skills import SKILLS
+    from continual_opd.skills import SKILLS
     from tasks.batch_io import UnreadableBatch, load_batch_table, text_cells
 
     path = Path(path)
