@@ -19,6 +19,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from continual_opd import registry
 from continual_opd.home import current_home, file_lock, prepare_stores
+from continual_opd.skills import use_catalogue
 from continual_opd.records import (AcceptedBatch, Candidate, Decision, EvalReport, ModelRef, SkippedBatch, Teacher,
                                    UpdateOutcome)
 from continual_opd.tracking import UPDATES_EXPERIMENT, code_revision
@@ -111,6 +112,7 @@ def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
 
     logger = get_run_logger()
     home = prepare_stores(current_home())
+    use_catalogue(params.skills)  # every stage of this update looks its skills up in these files
     with file_lock(home.locks / "update.lock",
                    on_wait=lambda: logger.warning("another continual update is running; waiting for it to finish")):
         try:  # outside the task cache: a cached AcceptedBatch must never hide a re-sent copy

@@ -22,11 +22,21 @@ class UpdateSettings(StrictConfig):
     """Everything about an update except which batch it learns from (shared by the manual and nightly flows)."""
 
     student_model: str = Field(STUDENT_MODEL, description="Registered model whose @champion is updated.")
+    skills: list[str] = Field(default_factory=list, description="Skill YAML files (see continual_opd/skills.py); "
+                              "empty = the demo world's skills.")
     contract: ContractConfig = Field(default_factory=ContractConfig, description="Data contract settings.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher RL (GRPO) settings.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="On-policy distillation settings.")
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="Forgetting-suite settings.")
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate settings.")
+
+    @model_validator(mode="after")
+    def _skill_files_load(self):
+        from continual_opd.skills import load_skill_file
+
+        for path in self.skills:  # a wrong skill file fails here, naming its field, not inside a stage
+            load_skill_file(path)
+        return self
 
     @model_validator(mode="after")
     def _contamination_covers_the_gate_suites(self):
