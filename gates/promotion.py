@@ -11,8 +11,11 @@ Safety under concurrency. MLflow alias moves are last-writer-wins and keep no hi
   evaluated against, the candidate is rejected ("champion moved ... rerun against the new champion"),
   so two updates started from the same champion can never both be promoted;
 - the registry writes happen inside a Prefect transaction: each write is staged with an `on_rollback`
-  hook that undoes it, so if anything fails after the alias move (tags, matrix, report) the previous
-  aliases, tags and accuracy matrix are put back and the audit run ends FAILED. The transaction commits
+  hook that undoes it, so if anything fails (tags, matrix, report, the alias move) the previous
+  aliases, tags and accuracy matrix are put back and the audit run ends FAILED. The alias move is the
+  last write: a process *killed* mid-decision (no hook runs) leaves either no recorded decision, and the
+  rerun decides again, or a recorded one whose alias move the rerun completes; `champion` never points at
+  a version whose blessing is not yet written. The transaction commits
   eagerly: once a decision is recorded, a failure later in the enclosing flow does not silently undo it.
   Outside a flow run (the CLI's rollback) the transaction needs no API: it is a context-local object.
 
@@ -137,7 +140,9 @@ def decide(report: EvalReport, candidate: Candidate, champion: ModelRef | None, 
 
     with gate_lock(cfg, home):
         earlier = recorded_decision(model_name, candidate.model.version)
+        _close_interrupted(model_name, candidate.model.version, keep=earlier.audit_run_id if earlier else "")
         if earlier is not None:
+            _finish_interrupted(model_name, earlier, parent_run_id)
             return earlier
         current = _aliases(model_name).get(registry.CHAMPION, "")
         taught = [t for t in accuracy_matrix.taught_skills(home, model_name) if t != target]
@@ -240,9 +245,10 @@ def _record(*, event: str, promote: bool, model_name: str, new_champion: str, ol
         client.log_dict(rid, [c.__dict__ for c in verdict.checks], "gate/checks.json")
         matrix_before = accuracy_matrix.snapshot(home)
 
+        # The alias move comes last and everything a rerun needs comes before it: a process killed at any point
+        # leaves either no decision (the rerun decides again) or a recorded one (the rerun completes it), and
+        # `champion` never points at a version whose blessing is not yet written (tests/test_reliability_crash.py).
         with transaction(commit_mode=CommitMode.EAGER) as txn:
-            if promote:
-                _move_aliases(txn, model_name, champion_to=new_champion, previous_to=old_champion or None)
             if event == "gate":
                 _set_version_tags(txn, model_name, new_champion, {
                     "gate_decision": outcome, "gate_reasons": _clip(" | ".join(reasons)), "gate_run_id": rid,
@@ -267,8 +273,9 @@ def _record(*, event: str, promote: bool, model_name: str, new_champion: str, ol
             if parent_run_id:
                 client.set_tag(parent_run_id, "gate_decision", outcome)
                 client.set_tag(parent_run_id, "gate_run_id", rid)
-        client.log_dict(rid, decision.model_dump(mode="json"), "gate/decision.json")
-        client.set_terminated(rid, "FINISHED")
+            client.log_dict(rid, decision.model_dump(mode="json"), "gate/decision.json")
+            if promote:
+                _move_aliases(txn, model_name, champion_to=new_champion, previous_to=old_champion or None)
     except BaseException as exc:
         try:
             client.set_tag(rid, "gate_decision", "error")
@@ -277,7 +284,40 @@ def _record(*, event: str, promote: bool, model_name: str, new_champion: str, ol
         except Exception:  # the original error matters more than a failed error record
             pass
         raise
+    client.set_terminated(rid, "FINISHED")  # the decision stands; if this fails, the rerun's decide() closes the run
     return decision, markdown
+
+
+def _close_interrupted(model_name: str, version: str, keep: str = "") -> None:
+    """Mark audit runs of `version` left RUNNING by a killed process (we hold the gate lock: none is alive)."""
+    client = registry.client()
+    runs = client.search_runs([registry.experiment_id(GATE_EXPERIMENT)],
+                              f"tags.model_name = '{model_name}' and tags.candidate_version = '{version}' and "
+                              "attributes.status = 'RUNNING'")
+    for run in runs:
+        if run.info.run_id != keep:
+            client.set_tag(run.info.run_id, "gate_decision", "interrupted")
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _finish_interrupted(model_name: str, decision: Decision, parent_run_id: str | None) -> None:
+    """Complete a recorded decision whose process was killed before its last step: the alias move (roll forward).
+
+    Only while its audit run is still RUNNING: a finished decision is history, and `champion` may since have
+    been moved on or rolled back on purpose.
+    """
+    client = registry.client()
+    run = client.get_run(decision.audit_run_id)
+    if run.info.status != "RUNNING":
+        return
+    if decision.promoted and _aliases(model_name).get(registry.CHAMPION, "") == decision.champion_version:
+        if decision.champion_version:
+            client.set_registered_model_alias(model_name, registry.PREVIOUS_CHAMPION, decision.champion_version)
+        client.set_registered_model_alias(model_name, registry.CHAMPION, decision.candidate_version)
+    if parent_run_id:
+        client.set_tag(parent_run_id, "gate_decision", "promoted" if decision.promoted else "rejected")
+        client.set_tag(parent_run_id, "gate_run_id", decision.audit_run_id)
+    client.set_terminated(decision.audit_run_id, "FINISHED")
 
 
 def _move_aliases(txn, model_name: str, champion_to: str, previous_to: str | None) -> None:
@@ -330,6 +370,9 @@ def _extend_matrix(home: Home, model_name: str, old_champion: str, new_champion:
     rows = accuracy_matrix.load(home)["models"].get(model_name, {}).get("rows", [])
     if not rows and old_champion:
         accuracy_matrix.append_row(home, model_name, old_champion, "baseline")
+    event_name = "promoted" if event == "gate" else event
+    if rows and (rows[-1]["version"], rows[-1]["event"]) == (str(new_champion), event_name):
+        return  # written by an attempt that was killed before it finished recording (never a new event)
     if new_champion:
         accuracy_matrix.append_row(home, model_name, new_champion, "promoted" if event == "gate" else event,
                                    target_skill if event == "gate" else "", run_id)

@@ -145,11 +145,14 @@ def test_a_failure_after_the_alias_move_rolls_everything_back(model, home, base_
     v2 = register(model, base_folder, "v2")
     matrix_before = accuracy_matrix.snapshot(home)
 
-    def broken_report(*args, **kwargs):
+    real_move = promotion._move_aliases
+
+    def broken_move(*args, **kwargs):  # the alias move is the decision's last write: fail right after it
+        real_move(*args, **kwargs)
         assert aliases(model)["champion"] == v2  # the move had happened when the failure struck
         raise OSError("disk full while writing the report")
 
-    monkeypatch.setattr(promotion, "_write_report", broken_report)
+    monkeypatch.setattr(promotion, "_move_aliases", broken_move)
     args = (make_report("1", v2), make_candidate(model, v2, base_folder), champion_ref(model, "1", base_folder), CFG,
             home)
     with pytest.raises(OSError, match="disk full"):
