@@ -19,7 +19,8 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from continual_opd import registry
 from continual_opd.home import current_home, file_lock, prepare_stores
-from continual_opd.skills import use_catalogue
+from continual_opd.compat import check_update_models
+from continual_opd.skills import SKILLS, use_catalogue
 from continual_opd.records import (AcceptedBatch, Candidate, Decision, EvalReport, ModelRef, SkippedBatch, Teacher,
                                    UpdateOutcome)
 from continual_opd.tracking import UPDATES_EXPERIMENT, code_revision
@@ -93,9 +94,11 @@ def _file_sha256(path: str) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
 
 
-def read_champion(model_name: str) -> ModelRef:
-    version = registry.version_by_alias(model_name, registry.CHAMPION)
-    return ModelRef(name=model_name, version=str(version.version), folder=str(registry.local_folder(version)))
+def read_champion(model_name: str, version: str | None = None) -> ModelRef:
+    """`model_name@champion`, or the given version (the champion of an interrupted attempt at this update)."""
+    found = registry.get_version(model_name, version) if version else registry.version_by_alias(model_name,
+                                                                                                  registry.CHAMPION)
+    return ModelRef(name=model_name, version=str(found.version), folder=str(registry.local_folder(found)))
 
 
 def _on_failure(flow, flow_run, state):
@@ -108,7 +111,7 @@ def _on_failure(flow, flow_run, state):
 @flow(name="continual-update", on_failure=[_on_failure], on_crashed=[_on_failure])
 def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
     """Validate a batch, train a teacher, distil a candidate, evaluate it against the champion, gate it."""
-    from continual_opd.tracking import close_update_run, open_update_run, set_stage
+    from continual_opd.tracking import close_update_run, interrupted_update, open_update_run, set_stage
 
     logger = get_run_logger()
     home = prepare_stores(current_home())
@@ -120,7 +123,11 @@ def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
         except DuplicateBatch as dup:
             logger.info(str(dup))
             return SkippedBatch(path=params.batch, digest=dup.digest, reason=str(dup))
-        champion = read_champion(params.student_model)
+        resumed = interrupted_update(params)  # a killed attempt at this batch: keep its champion (see there)
+        champion = read_champion(params.student_model, resumed)
+        if resumed:
+            logger.warning(f"an earlier attempt at this batch was killed; resuming it against its champion v{resumed}")
+        check_update_models(champion.folder, params.teacher.init, SKILLS.values(), params.teacher.trust_remote_code)
         run_id, ui_link = open_update_run(params, champion)
         create_link_artifact(ui_link, link_text="MLflow run of this update", key="mlflow-run",
                              description=f"MLflow run {run_id} (experiment {UPDATES_EXPERIMENT})")
