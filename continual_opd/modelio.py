@@ -49,6 +49,7 @@ def check_model_folder(folder: str | Path, trust_remote_code: bool = False) -> P
 def load_model(folder: str | Path, trust_remote_code: bool = False, device: str | None = None, dtype=None):
     """Load (model, tokenizer) from a local folder: safetensors only, remote code off unless asked for."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = check_model_folder(folder, trust_remote_code)
@@ -60,7 +61,7 @@ def load_model(folder: str | Path, trust_remote_code: bool = False, device: str 
             folder, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype, local_files_only=True
         )
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # a torn .safetensors raises the last
         raise ModelFolderError(f"model folder {folder} could not be loaded: {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
