@@ -26,6 +26,7 @@ lineage tags of DESIGN.md.
 """
 
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -51,16 +52,22 @@ MIN_EVAL_TOKENS = 8  # `skill_accuracy`'s default, so curves here match every ot
 
 
 class DistillConfig(StrictConfig):
-    """Settings of the distillation stage; the defaults are the CPU recipe measured on the demo world."""
+    """Settings of the distillation stage; the defaults are the CPU recipe measured on the demo world.
+
+    Measured on the demo base (add 0.32 -> teacher 0.65, 1,000 held-out items): 256 prompts a step at
+    lr 1e-3 with linear decay reached 99% of the teacher's gain in 100 steps with every core skill within
+    0.1 point; FACTS.md's 64 prompts at 3e-4 reached 75% (the base learns addition slowly).
+    """
 
     method: Method = Field("opd", description="opd (with core replay), opd_no_replay, sft_teacher_samples or grpo.")
     steps: int = Field(100, ge=1, description="Optimizer steps.")
-    learning_rate: float = Field(3e-4, gt=0, description="Constant learning rate (TRL's default 1e-6 learns nothing "
-                                                         "on small models).")
-    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Learning-rate schedule "
-                                                                                          "after warm-up.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (TRL's default 1e-6 learns nothing on "
+                                                         "small models).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Learning-rate schedule after "
+                                                                                        "warm-up (linear: decay to 0).")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
-    prompts_per_step: int = Field(64, ge=1, description="Sampled completions per step, for every method.")
+    prompts_per_step: int = Field(256, ge=1, description="Sampled completions per step, for every method (the "
+                                                         "rollout budget).")
     replay_fraction: float = Field(0.25, ge=0, lt=1, description="Share of each opd batch that is core-skill replay "
                                                                  "prompts scored by the frozen champion.")
     anchor_kl_coef: float = Field(0.0, ge=0, description="Extra reverse KL to the frozen champion on target prompts "
@@ -268,7 +275,8 @@ def _train(targets, skill, champion, teacher, cfg: DistillConfig, work: Path, lo
 
     checkpoint = last_complete_checkpoint(work / "trainer")
     if cfg.method in ("opd", "opd_no_replay"):
-        probe = [r for r in trainer.train_dataset if r["route"] == TARGET_ROUTE][:GUARD_PROBE_PROMPTS]
+        targets_first = (r for r in trainer.train_dataset if r["route"] == TARGET_ROUTE)
+        probe = list(itertools.islice(targets_first, GUARD_PROBE_PROMPTS))
         initial_kl = trainer.measure_route_kl(probe)[TARGET_ROUTE]
         metrics["initial_kl/target"] = initial_kl
         logger.add({"initial_kl/target": initial_kl}, 0)
