@@ -73,8 +73,13 @@ def cmd_run(args) -> int:
 
 def run_update(params) -> int:
     """Run the flow in this process and turn its outcome into an exit code and a readable summary."""
+    from continual_opd.home import current_home
     from continual_opd.summary import print_outcome
     from flows.continual_update import continual_update
+
+    # Before Prefect starts its API with its database in the home: an unwritable home would otherwise cost a
+    # 2-minute start-up timeout and a page of traceback instead of this HomeError (main prints it, exit 1).
+    current_home().ensure()
 
     state = continual_update(params, return_state=True)
     result = state.result(raise_on_failure=False)
