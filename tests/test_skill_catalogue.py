@@ -135,3 +135,17 @@ def test_the_demo_world_declared_in_yaml_is_the_demo_world(monkeypatch):
     cat.use_catalogue([str(DEMO_YAML)])
     assert dict(cat.SKILLS) == demo.SKILLS
     assert tuple(cat.CORE_SKILLS) == demo.CORE_SKILLS and tuple(cat.TARGET_SKILLS) == demo.TARGET_SKILLS
+
+
+def test_the_documented_real_model_config_and_its_skill_file_load(monkeypatch):
+    from flows.params import load_params
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # skill paths in a config are relative to the working directory
+    params = load_params("batch.jsonl", root / "configs" / "real-models.yaml")
+    assert params.skills == ["configs/skills/gsm8k.yaml"]
+    skills = cat.load_skill_file(root / params.skills[0])
+    gsm = skills["gsm8k"]
+    item = next(i for i in gsm.items("heldout", 9) if i.answer.endswith("#### 42"))
+    assert gsm.verify("6 bags of 7 is 42.\n#### 42", item.answer) and not gsm.verify("#### 41", item.answer)
+    assert skills["capitals"].verify("The capital is Paris.", "Paris")

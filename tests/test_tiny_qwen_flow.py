@@ -13,22 +13,11 @@ DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.slow
 
 
-def _register_champion(folder, name):
-    import mlflow
-
-    from continual_opd import registry
-
-    with mlflow.start_run(experiment_id=registry.experiment_id("tiny-qwen-test"), run_name="tiny-qwen2") as run:
-        version = registry.register_folder(folder, name, run.info.run_id, {"role": "base", "parent_version": "none"},
-                                           f"tiny-qwen2:{name}", description="tiny Qwen2 built by the test")
-    registry.client().set_registered_model_alias(name, registry.CHAMPION, version.version)
-    return str(version.version)
-
-
 def test_the_flow_runs_all_five_stages_on_a_tiny_qwen2(home, tmp_path, monkeypatch):
     import torch
 
     from continual_opd import registry, skills
+    from continual_opd.adopt import adopt_model
     from continual_opd.cli import main
     from continual_opd.tinymodels import build_qwen2, skill_texts
     from tasks.batch_io import write_jsonl
@@ -37,8 +26,9 @@ def test_the_flow_runs_all_five_stages_on_a_tiny_qwen2(home, tmp_path, monkeypat
     monkeypatch.setenv(skills.ENV_VAR, "")  # restored after the test: later tests see the demo world again
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the config names tests/data/skills.yaml
     user_skills = skills.load_skill_file(DATA / "skills.yaml")
-    folder = build_qwen2(home.models / "tiny-qwen2", skill_texts(user_skills.values()))
-    before = _register_champion(folder, "qwen-test-student")
+    folder = build_qwen2(tmp_path / "tiny-qwen2", skill_texts(user_skills.values()))
+    before = adopt_model(folder, "qwen-test-student", home).version
+    assert registry.aliases("qwen-test-student")[registry.CHAMPION] == before
     batch = write_jsonl(user_skills["plus_words"].items("train", 64, seed=3), home.inbox / "qwen-plus.jsonl")
 
     code = main(["run", "--batch", str(batch), "--config", str(DATA / "tiny_qwen.yaml")])
