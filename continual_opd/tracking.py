@@ -79,6 +79,32 @@ def open_update_run(params, champion) -> tuple[str, str]:
     return run.info.run_id, f"{ui}/#/experiments/{exp_id}/runs/{run.info.run_id}"
 
 
+def interrupted_update(params) -> str | None:
+    """The champion version of the latest attempt at this update whose process was killed, or None.
+
+    A killed update (SIGKILL, OOM, power loss) never ends its MLflow run. Its rerun must compare against the
+    same champion: then every finished stage is a task-cache hit and the gate finds its own recorded decision,
+    even when the killed attempt had already moved `champion` to its candidate (which a fresh read would take
+    for the champion and train against). Such runs are closed here as KILLED, tagged `outcome=interrupted`
+    with the stage they died in. Call it holding the home's update lock: then no live update owns one.
+    """
+    from continual_opd import registry
+
+    client = registry.client()
+    exp = client.get_experiment_by_name(UPDATES_EXPERIMENT)
+    if exp is None:
+        return None
+    runs = [r for r in client.search_runs([exp.experiment_id],
+                                          "tags.stage = 'update' and attributes.status = 'RUNNING'",
+                                          order_by=["attributes.start_time DESC"])
+            if r.data.tags.get("batch") == str(params.batch) and r.data.tags.get("student_model") == params.student_model]
+    for run in runs:
+        client.set_tag(run.info.run_id, "outcome", "interrupted")
+        client.set_tag(run.info.run_id, "failed_stage", run.data.tags.get("current_stage", "start"))
+        client.set_terminated(run.info.run_id, "KILLED")
+    return runs[0].data.tags.get("champion_version") if runs else None
+
+
 def set_stage(run_id: str, stage: str) -> None:
     from continual_opd import registry
 
