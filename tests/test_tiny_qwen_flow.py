@@ -28,7 +28,7 @@ def test_the_flow_runs_all_five_stages_on_a_tiny_qwen2(home, tmp_path, monkeypat
     user_skills = skills.load_skill_file(DATA / "skills.yaml")
     folder = build_qwen2(tmp_path / "tiny-qwen2", skill_texts(user_skills.values()))
     before = adopt_model(folder, "qwen-test-student", home).version
-    assert registry.aliases("qwen-test-student")[registry.CHAMPION] == before
+    assert str(registry.aliases("qwen-test-student")[registry.CHAMPION]) == before
     batch = write_jsonl(user_skills["plus_words"].items("train", 64, seed=3), home.inbox / "qwen-plus.jsonl")
 
     code = main(["run", "--batch", str(batch), "--config", str(DATA / "tiny_qwen.yaml")])
