@@ -119,11 +119,11 @@ def local_folder(version) -> Path:
 
 
 def aliases(name: str) -> dict[str, str]:
-    """alias -> version for a registered model (empty when the model does not exist)."""
+    """alias -> version (as a string, like every version in continual-opd; MLflow 3 returns ints) for a model."""
     from mlflow.exceptions import MlflowException
 
     try:
         model = client().get_registered_model(name)
     except MlflowException:
         return {}
-    return dict(model.aliases)
+    return {alias: str(version) for alias, version in model.aliases.items()}

@@ -146,5 +146,5 @@ def test_bootstrap_registers_one_champion_and_is_idempotent(home, base_folder):
     bases = [v for v in versions if v.tags.get("role") == "base"]
     assert len(bases) == 1
     champ = registry.version_by_alias(registry.STUDENT_MODEL, registry.CHAMPION)
-    assert champ.version == first.version
+    assert str(champ.version) == first.version
     assert champ.tags["method"] == "pretrain" and float(champ.tags["acc.copy"]) >= 0.95
