@@ -4,6 +4,7 @@ Strict, frozen and closed (`extra="forbid"`): a typo in a YAML config or a `--se
 that names the field, never a silently ignored setting. Each stage owns its section.
 """
 
+import re
 from pathlib import Path
 
 import yaml
@@ -54,6 +55,19 @@ class UpdateParams(UpdateSettings):
     batch: str = Field(description="Batch file to learn from: JSONL or parquet rows id, skill, prompt, answer.")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, which reads `1e-4` (no dot) as a string, and strict settings then refuse it;
+    YAML 1.2, and every user, read it as the number it is."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 class ParamsError(ValueError):
     """A config file or override that does not fit `UpdateParams`; the message names the field."""
 
@@ -74,7 +88,7 @@ def load_params(batch: str | None = None, config: str | Path | None = None, over
     if config:
         path = Path(config)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = _yaml(path.read_text()) or {}
         except OSError as exc:
             raise ParamsError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
         except yaml.YAMLError as exc:
@@ -86,7 +100,7 @@ def load_params(batch: str | None = None, config: str | Path | None = None, over
         if "=" not in item:
             raise ParamsError(f"--set {item!r}: use dotted.key=value, e.g. --set teacher.steps=200")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        _set_dotted(tree, key.strip(), _yaml(raw) if raw.strip() else "")
     if batch is not None:
         tree["batch"] = str(batch)
     try:
