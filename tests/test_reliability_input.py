@@ -84,6 +84,17 @@ def test_an_unparsable_or_missing_config_file_is_named(text, named, home, batch,
     assert code == 1 and named in err and str(config) in err, err
 
 
+def test_exponent_notation_is_a_number_in_files_and_overrides(tmp_path):
+    """YAML 1.1 reads `1e-4` as a string, which strict settings refused as 'Input should be a valid number'."""
+    from flows.params import load_params
+
+    config = tmp_path / "lr.yaml"
+    config.write_text("teacher:\n  learning_rate: 3e-4\n")
+    params = load_params("b.jsonl", config, ["distill.learning_rate=1E-3", "evaluation.seed=7"])
+    assert params.teacher.learning_rate == 3e-4 and params.distill.learning_rate == 1e-3
+    assert params.evaluation.seed == 7
+
+
 def test_a_missing_gate_policy_file_is_refused_at_parse_time(home, batch, tmp_path, capsys):
     before = snapshot(home)
     code, err = run_cli(["run", "--batch", str(batch), "--set", f"gate.policy={tmp_path / 'nope.yaml'}"], capsys)
