@@ -140,7 +140,7 @@ def test_each_row_loss_is_reverse_kl_to_its_own_teacher(tmp_path):
     for g, e in zip(grads, expected_grads, strict=True):
         if e is not None:
             torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-6)
-    metrics = trainer._metrics["train" if trainer.model.training else "eval"]
+    metrics, own = trainer._metrics["train" if trainer.model.training else "eval"], own.detach()
     assert metrics["kl/target"][-1] == pytest.approx(float((own[0] + own[3]) / (tokens[0] + tokens[3])), rel=1e-4)
     assert metrics["kl/anchor"][-1] == pytest.approx(float((own[1] + own[2]) / (tokens[1] + tokens[2])), rel=1e-4)
 
@@ -156,7 +156,7 @@ def test_each_row_loss_is_reverse_kl_to_its_own_teacher(tmp_path):
 
 
 def _versions(registry) -> set[str]:
-    return {v.version for v in registry.client().search_model_versions(f"name='{TEST_MODEL}'")}
+    return {str(v.version) for v in registry.client().search_model_versions(f"name='{TEST_MODEL}'")}
 
 
 def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, champion, home):
