@@ -17,12 +17,12 @@ so the gate and the benchmark can compare them:
   reward of `tasks.rewards`, as the teacher stage uses), `grpo_generations` completions per prompt.
 Only `opd` mixes in replay prompts: the baselines are the methods as usually run.
 
-Guards stop the stage before it trains on nonsense: a teacher with another vocabulary, or a mean
-reverse KL on target prompts at step 0 above `max_initial_kl` (a broken or mismatched teacher), raise
-`DistillationGuardError`. Trainer checkpoints live in `home.checkpoints/<key>`: rerunning an interrupted
-stage with the same inputs resumes from the last one. The finished student is saved atomically to
-`home.models/candidate-<key>` and registered (idempotently on the key) with alias `candidate` and the
-lineage tags of DESIGN.md.
+Guards stop the stage before it trains on nonsense, raising `DistillationGuardError`: a teacher with
+another vocabulary (every method that uses the teacher), or, for the opd methods, a mean reverse KL on
+target prompts at step 0 above `max_initial_kl` (a broken or mismatched teacher). Trainer checkpoints
+live in `home.checkpoints/distill-<key>`: rerunning an interrupted stage with the same inputs resumes
+from the last one. The finished student is saved atomically to `home.models/candidate-<key>` and
+registered (idempotently on the key) with alias `candidate` and the lineage tags of DESIGN.md.
 """
 
 import hashlib
