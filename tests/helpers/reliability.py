@@ -218,7 +218,12 @@ _SHARED: dict[str, Path] = {}
 def shared_home() -> Path:
     """One bootstrapped home for every reliability test in this pytest process (bootstrapping costs ~15 s)."""
     if "home" not in _SHARED:
+        import atexit
+        import shutil
         import tempfile
 
-        _SHARED["home"] = bootstrapped_home(Path(tempfile.mkdtemp(prefix="continual-opd-reliability-")))
+        root = Path(tempfile.mkdtemp(prefix="continual-opd-reliability-"))
+        if not os.environ.get("RELIABILITY_KEEP_HOME"):  # set it to keep the home and the CLI logs for a look
+            atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _SHARED["home"] = bootstrapped_home(root)
     return _SHARED["home"]
