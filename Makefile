@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast bench serve mlflow-ui clean
+.PHONY: install demo test test-fast serve mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,9 +29,6 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
-
-bench: $(STAMP)
-	$(PY) -m bench.run_all
 
 serve: $(STAMP)
 	$(VENV)/bin/continual-opd serve
