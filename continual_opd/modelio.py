@@ -5,6 +5,7 @@ written to a temporary sibling and renamed into place only when complete, so a c
 half-written folder that could be registered. Loading refuses pickled weights and remote code.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,38 +70,39 @@ def load_model(folder: str | Path, trust_remote_code: bool = False, device: str 
     return model.to(device), tokenizer
 
 
-def save_model_atomic(model, tokenizer, dest: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-    """Write model + tokenizer to `dest` via a temporary sibling folder and one rename."""
-    dest = Path(dest)
+@contextlib.contextmanager
+def _published(dest: Path):
+    """Yield a temporary sibling of `dest`; on success fsync its files and rename it to `dest` in one step."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
+        yield tmp
+        for path in tmp.iterdir():  # make the bytes durable before the rename publishes them
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_model_atomic(model, tokenizer, dest: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Write model + tokenizer to `dest` via a temporary sibling folder and one rename."""
+    dest = Path(dest)
+    with _published(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        for path in tmp.iterdir():  # make the bytes durable before the rename publishes them
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
 def copy_model_folder_atomic(src: str | Path, dest: str | Path) -> Path:
-    src, dest = Path(src), Path(dest)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    """Copy a finished model folder to `dest` the same way: never a half-copied folder at `dest`."""
+    dest = Path(dest)
+    with _published(dest) as tmp:
         shutil.copytree(src, tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest

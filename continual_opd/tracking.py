@@ -12,6 +12,31 @@ from pathlib import Path
 UPDATES_EXPERIMENT = "continual-updates"
 
 
+class MetricBuffer:
+    """Step-indexed metrics written to a run in batches: one SQLite write per flush, not per value."""
+
+    def __init__(self, run_id: str):
+        self.run_id, self.pending = run_id, []
+
+    def add(self, values: dict[str, float], step: int) -> None:
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending.extend(Metric(k, float(v), now, step) for k, v in values.items()
+                            if isinstance(v, int | float) and math.isfinite(v))
+
+    def flush(self) -> None:
+        from continual_opd import registry
+
+        client = registry.client()
+        while self.pending:
+            chunk, self.pending = self.pending[:1000], self.pending[1000:]
+            client.log_batch(self.run_id, metrics=chunk)
+
+
 def code_revision() -> str:
     """The git commit of the code (with `+dirty` when the tree has changes), or `unknown`."""
     if os.environ.get("CONTINUAL_OPD_CODE_REVISION"):

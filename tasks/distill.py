@@ -42,6 +42,7 @@ from continual_opd import registry
 from continual_opd.config import StrictConfig
 from continual_opd.home import Home, file_lock
 from continual_opd.records import AcceptedBatch, Candidate, ModelRef, Teacher
+from continual_opd.tracking import MetricBuffer
 
 STAGE = "distill"
 Method = Literal["opd", "opd_no_replay", "sft_teacher_samples", "grpo"]
@@ -245,7 +246,7 @@ def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillCo
                            "batch_rows": len(targets), "champion": f"{champion.name}/{champion.version}",
                            "teacher": f"{teacher.model.name}/{teacher.model.version}",
                            "registration_key": key})
-        logger = _MetricBuffer(run.info.run_id)
+        logger = MetricBuffer(run.info.run_id)
         model, tokenizer, metrics = _train(targets, skill, champion, teacher, cfg, work, logger, extra_callbacks)
         report = {"registration_key": key, **lineage, "skill": skill.id, "metrics": metrics}
         save_model_atomic(model, tokenizer, dest, extra_files={REPORT_FILE: json.dumps(report, indent=1)})
@@ -406,27 +407,8 @@ def _grpo_trainer(student, tokenizer, targets, skill, cfg: DistillConfig, work: 
 # ------------------------------------------------------------------------------------------- logging
 
 
-class _MetricBuffer:
-    """Step-indexed metrics written to the stage run in batches (one SQLite write per flush, not per value)."""
 
-    def __init__(self, run_id: str):
-        self.run_id, self.pending = run_id, []
-
-    def add(self, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.pending.extend(Metric(k, float(v), now, step) for k, v in values.items()
-                            if isinstance(v, int | float) and math.isfinite(v))
-
-    def flush(self) -> None:
-        client = registry.client()
-        while self.pending:
-            chunk, self.pending = self.pending[:1000], self.pending[1000:]
-            client.log_batch(self.run_id, metrics=chunk)
-
-
-def _heldout_callback(tokenizer, eval_sets, cfg: DistillConfig, logger: _MetricBuffer, max_new_tokens: int):
+def _heldout_callback(tokenizer, eval_sets, cfg: DistillConfig, logger: MetricBuffer, max_new_tokens: int):
     from transformers import TrainerCallback
 
     from continual_opd.decoding import skill_accuracy

@@ -33,6 +33,7 @@ from continual_opd import registry
 from continual_opd.config import StrictConfig
 from continual_opd.home import Home, file_lock
 from continual_opd.records import AcceptedBatch, ModelRef, Teacher
+from continual_opd.tracking import MetricBuffer
 from tasks.rewards import RewardFunction, exact_match, format_reward
 
 STAGE = "teacher_rl"
@@ -185,26 +186,8 @@ def _reuse(version, identity: dict, parent_run_id: str | None) -> Teacher:
     return teacher
 
 
-class _MetricBuffer:
-    """Step-indexed metrics written to the run in batches: one SQLite write per evaluation, not per step."""
 
-    def __init__(self, run_id: str):
-        self.run_id, self.pending = run_id, []
-
-    def add(self, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.pending.extend(Metric(k, float(v), now, step) for k, v in values.items())
-
-    def flush(self) -> None:
-        client = registry.client()
-        while self.pending:
-            chunk, self.pending = self.pending[:1000], self.pending[1000:]
-            client.log_batch(self.run_id, metrics=chunk)
-
-
-def _heldout_callback(skill, tokenizer, eval_set, cfg: TeacherConfig, best_dir: Path, metrics: _MetricBuffer,
+def _heldout_callback(skill, tokenizer, eval_set, cfg: TeacherConfig, best_dir: Path, metrics: MetricBuffer,
                       initial_accuracy: float, max_new_tokens: int):
     from transformers import TrainerCallback
 
@@ -316,7 +299,7 @@ def _train_gate_register(rows, skill, initial_folder: Path, identity: dict, rewa
     with stage_run(STAGE, parent_run_id, tags={"skill": skill.id, "registration_key": identity["registration_key"]}) \
             as run:
         run_id = run.info.run_id
-        metrics = _MetricBuffer(run_id)
+        metrics = MetricBuffer(run_id)
         mlflow.log_params({**{f"cfg.{k}": v for k, v in cfg.model_dump().items()}, **identity,
                            "batch_rows": len(rows), "initial_folder": str(initial_folder),
                            "reward_name": rewards[0][0].name, "reward_version": rewards[0][0].version,
