@@ -106,3 +106,15 @@ def copy_model_folder_atomic(src: str | Path, dest: str | Path) -> Path:
     with _published(dest) as tmp:
         shutil.copytree(src, tmp)
     return dest
+
+
+def use_vllm() -> bool:
+    """Generate rollouts with vLLM (TRL's `use_vllm`, colocated) when it is installed and a GPU is present.
+
+    vLLM is an optional extra: on a CPU, or without the package, TRL's own `generate` is used.
+    """
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None

@@ -346,7 +346,7 @@ def _routed_trainer(student, tokenizer, targets, champion, teacher, cfg: Distill
     from datasets import Dataset
     from trl import DistillationConfig
 
-    from continual_opd.modelio import load_model
+    from continual_opd.modelio import load_model, use_vllm
     from tasks.routed_distillation import RoutedDistillationTrainer
 
     teacher_model, _ = load_model(teacher.model.folder)
@@ -357,6 +357,7 @@ def _routed_trainer(student, tokenizer, targets, champion, teacher, cfg: Distill
     args = DistillationConfig(
         **_common_args(cfg, work), per_device_train_batch_size=cfg.prompts_per_step, beta=cfg.beta,
         temperature=cfg.temperature, max_completion_length=cfg.max_completion_length,
+        use_vllm=use_vllm(),  # optional extra: only with a GPU and vllm installed
         shuffle_dataset=False,  # `training_rows` already fixed each step's mix of target and replay rows
         remove_unused_columns=False,  # keep the `route` column
     )
@@ -393,13 +394,14 @@ def _grpo_trainer(student, tokenizer, targets, skill, cfg: DistillConfig, work: 
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    from continual_opd.modelio import use_vllm
     from tasks.rewards import exact_match
 
     data = Dataset.from_dict({"prompt": [as_prompt(tokenizer, it.prompt) for it in targets],
                               "answer": [it.answer for it in targets]})
     args = GRPOConfig(**_common_args(cfg, work), per_device_train_batch_size=cfg.prompts_per_step,
                       num_generations=cfg.grpo_generations, max_completion_length=cfg.max_completion_length,
-                      temperature=cfg.temperature, beta=0.0)
+                      temperature=cfg.temperature, beta=0.0, use_vllm=use_vllm())
     return GRPOTrainer(model=student, processing_class=tokenizer, train_dataset=data, args=args,
                        reward_funcs=[exact_match(skill).for_trl()])
 

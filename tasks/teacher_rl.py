@@ -237,6 +237,8 @@ def _grpo_args(cfg: TeacherConfig, output_dir: Path, reward_weights: list[float]
     import torch
     from trl import GRPOConfig
 
+    from continual_opd.modelio import use_vllm
+
     on_gpu = torch.cuda.is_available()
     return GRPOConfig(
         output_dir=str(output_dir),
@@ -254,6 +256,7 @@ def _grpo_args(cfg: TeacherConfig, output_dir: Path, reward_weights: list[float]
         seed=cfg.seed,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
+        use_vllm=use_vllm(),  # optional extra: only with a GPU and vllm installed
         activation_checkpointing=False,  # 20-30% faster on a CPU (FACTS.md); the new name of gradient_checkpointing
         report_to="none",  # the stage logs to MLflow itself, nested under the update's run
         logging_steps=1,
