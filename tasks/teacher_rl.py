@@ -50,7 +50,7 @@ class TeacherConfig(StrictConfig):
     """
 
     init: str = Field("champion", description="Initial model: 'champion', a local Hugging Face model folder, "
-                                              "or 'registry:<name>/<version>'.")
+                                              "or 'registry:NAME/VERSION'.")
     steps: int = Field(300, ge=0, description="Most GRPO steps; early stopping may end sooner.")
     learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate (TRL's default 1e-6 learns nothing on "
                                                          "small models).")
