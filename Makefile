@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast serve mlflow-ui clean
+.PHONY: install demo test test-fast bench bench-quick serve mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The benchmark behind the README's claims (~30 min on 2 CPU cores); writes docs/bench/ and an MLflow bench run.
+bench: $(STAMP)
+	$(PY) -m bench --out docs/bench
+
+# The same machinery at tiny budgets (a few minutes); its numbers mean nothing and it writes outside docs/.
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick --out .continual-opd/bench-quick
 
 serve: $(STAMP)
 	$(VENV)/bin/continual-opd serve

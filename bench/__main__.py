@@ -1,0 +1,164 @@
+"""`make bench` / `python -m bench`: run the whole benchmark, write docs/bench/, log one MLflow bench run.
+
+Order: the step-efficiency measurement runs first and alone (its ratios are timings); then the continual
+sequence and the seeds of the grid run as separate processes, two at a time, one torch thread each (this
+machine has two cores; FACTS.md: oversubscribed threads made training 20x slower). Every part gets its own
+scratch home under `<home>/bench/<stamp>/`, so the benchmark never touches the home's champion or registry;
+the bench run itself is logged to the home's MLflow (experiment `bench`) with every table, plot and JSON.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.grid import GridConfig
+
+QUICK = GridConfig(seeds=(0, 1), steps=10, prompts_per_step=32, teacher_steps=10, teacher_gate_margin=0.0,
+                   batch_rows=256, probe_every=5, probe_items=40, kl_prompts=32)
+LANES = 2
+
+
+def _env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL")}
+    return {**env, "CONTINUAL_OPD_HOME": str(home), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _run_lanes(jobs: list[tuple[str, list[str], Path]], lanes: int, log) -> dict[str, float]:
+    """Run (name, argv, home) jobs, `lanes` at a time, in order; stop at the first failure. Returns seconds."""
+    pending, running, seconds = list(jobs), {}, {}
+    while pending or running:
+        while pending and len(running) < lanes:
+            name, argv, home = pending.pop(0)
+            home.mkdir(parents=True, exist_ok=True)
+            logf = open(home / "bench.log", "w")
+            log(f"start {name} (log: {home / 'bench.log'})")
+            running[name] = (subprocess.Popen(argv, env=_env(home), stdout=logf, stderr=subprocess.STDOUT),
+                             time.perf_counter(), logf)
+        time.sleep(2)
+        for name, (proc, started, logf) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            logf.close()
+            del running[name]
+            seconds[name] = time.perf_counter() - started
+            log(f"done {name}: exit {proc.returncode} after {seconds[name]:.0f}s")
+            if proc.returncode != 0:
+                for other, (p, _, _) in running.items():
+                    p.terminate()
+                raise SystemExit(f"bench part {name} failed (exit {proc.returncode}); see {Path(logf.name)}")
+    return seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="where tables, plots and JSON go")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the machinery in minutes, "
+                                                             "measures nothing")
+    parser.add_argument("--skip-continual", action="store_true", help="leave the continual sequence out")
+    args = parser.parse_args(argv)
+
+    from continual_opd.home import current_home
+
+    started = time.perf_counter()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    home = current_home()
+    work = home.root / "bench" / stamp
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = QUICK if args.quick else GridConfig()
+
+    def log(msg: str) -> None:
+        print(f"[bench {time.perf_counter() - started:6.0f}s] {msg}", flush=True)
+
+    py = sys.executable
+    seconds = _run_lanes([("step_efficiency", [py, "-m", "bench.step_efficiency", "--out",
+                                               str(work / "step_efficiency.json")], work / "step-efficiency")],
+                         1, log)
+    jobs = []
+    if not args.skip_continual:
+        jobs.append(("continual", [py, "-m", "bench.continual", "--home", str(work / "continual"), "--out",
+                                   str(work / "continual.json"), *(["--quick"] if args.quick else [])],
+                     work / "continual-lane"))
+    for seed in cfg.seeds:
+        seed_cfg = cfg.model_copy(update={"seeds": (seed,)})
+        jobs.append((f"grid seed {seed}", [py, "-m", "bench.grid", "--config", seed_cfg.model_dump_json(), "--out",
+                                           str(work / f"grid-seed{seed}.json")], work / f"grid-seed{seed}"))
+    seconds |= _run_lanes(jobs, LANES, log)
+
+    grid = {"config": cfg.model_dump(), "seeds": []}
+    for seed in cfg.seeds:
+        grid["seeds"] += json.loads((work / f"grid-seed{seed}.json").read_text())["seeds"]
+    step_eff = json.loads((work / "step_efficiency.json").read_text())
+    continual = None if args.skip_continual else json.loads((work / "continual.json").read_text())
+    total = time.perf_counter() - started
+    results = {"stamp": stamp, "quick": args.quick, "total_seconds": total, "part_seconds": seconds,
+               "grid": grid, "step_efficiency": step_eff, "continual": continual}
+    written = write_results(results, out)
+    run_id = log_bench_run(results, written, home)
+    log(f"wrote {', '.join(str(p) for p in written)}; MLflow bench run {run_id}; total {total / 60:.1f} min")
+    return 0
+
+
+def write_results(results: dict, out: Path) -> list[Path]:
+    from bench import report
+    from bench.step_efficiency import markdown as step_markdown
+
+    grid = results["grid"]
+    plots = report.plot(grid, out)
+    cfg = grid["config"]
+    parts = [
+        f"# Benchmark results ({'QUICK smoke run: measures nothing' if results['quick'] else 'make bench'})",
+        "",
+        f"Run {results['stamp']}, {results['total_seconds'] / 60:.1f} minutes on this machine "
+        f"({os.cpu_count()} CPUs). What the numbers mean: [docs/benchmark.md](../benchmark.md). "
+        "Raw data: `results.json`.",
+        "",
+        f"Budgets: {len(cfg['seeds'])} seeds; each method {cfg['steps']} steps x {cfg['prompts_per_step']} "
+        f"completions (lr {cfg['learning_rate']:g}; grpo {cfg['grpo_learning_rate']:g}), probes every "
+        f"{cfg['probe_every']} steps on {cfg['probe_items']} held-out items per skill; teachers: GRPO up to "
+        f"{cfg['teacher_steps']} steps on {cfg['batch_rows']} add rows.",
+        "", "## Teachers (claim 1: RL teaches the teacher the skill)", "", report.teachers_markdown(grid),
+        "", "## Methods on the student, equal budgets (claims 2 and 3)", "", report.methods_markdown(grid),
+        "", "![target vs tokens](target_vs_tokens.png)", "", "![forgetting frontier](forgetting_frontier.png)",
+        "", "## Step efficiency", "", step_markdown(results["step_efficiency"]),
+    ]
+    if results["continual"] is not None:
+        from bench.continual import continual_markdown
+
+        parts += ["", "## Continual sequence through the real flow", "", continual_markdown(results["continual"])]
+    parts += ["", "## Wall time per part", "", "| part | seconds |", "| --- | ---: |"]
+    parts += [f"| {name} | {sec:.0f} |" for name, sec in results["part_seconds"].items()]
+    md = out / "results.md"
+    md.write_text("\n".join(parts) + "\n")
+    raw = out / "results.json"
+    raw.write_text(json.dumps(results, indent=1))
+    return [md, raw, *plots]
+
+
+def log_bench_run(results: dict, files: list[Path], home) -> str:
+    """One MLflow run in the home's experiment `bench`: config, code revision, headline metrics, all files."""
+    import mlflow
+
+    from bench import report
+    from continual_opd.home import prepare_stores
+    from continual_opd.tracking import code_revision
+
+    prepare_stores(home)
+    mlflow.set_experiment("bench")
+    with mlflow.start_run(run_name=f"bench-{results['stamp']}") as run:
+        mlflow.set_tags({"code_revision": code_revision(), "quick": str(results["quick"])})
+        mlflow.log_params({f"grid.{k}": v for k, v in results["grid"]["config"].items()})
+        mlflow.log_metrics({**report.flat_metrics(results["grid"], results["step_efficiency"], results["continual"]),
+                            "total_seconds": results["total_seconds"]})
+        for path in files:
+            mlflow.log_artifact(str(path))
+    return run.info.run_id
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

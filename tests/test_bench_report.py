@@ -1,0 +1,47 @@
+"""The benchmark's arithmetic: gain shares, steps and tokens to 50% / 90% of the teacher's gain, seed spreads."""
+
+import math
+
+from bench import report
+
+
+def point(step, add, tokens, core=1.0, kl=0.0, seconds=None):
+    return {"step": step, "acc/add": add, "student_tokens": tokens, "kl_core": kl,
+            "train_seconds": seconds if seconds is not None else step / 10,
+            **{f"acc/{c}": core for c in ("copy", "reverse", "upper", "refuse")}}
+
+
+def run(points, **extra):
+    return {"config": {"steps": points[-1]["step"]}, "points": points, **extra}
+
+
+def test_steps_and_tokens_to_each_level_are_the_first_probe_reaching_it():
+    # base 0.30, teacher 0.70: 50% of the gain is 0.50, 90% is 0.66
+    r = report.per_run(run([point(0, 0.30, 0), point(10, 0.45, 1000), point(20, 0.52, 2000),
+                            point(30, 0.66, 3000), point(40, 0.64, 4000)]), teacher_acc=0.70)
+    assert (r["steps_50"], r["tokens_50"]) == (20, 2000)
+    assert (r["steps_90"], r["tokens_90"]) == (30, 3000)
+    assert math.isclose(r["gain_share"], (0.64 - 0.30) / 0.40)
+    assert r["final_add"] == 0.64 and r["steps"] == 40
+
+
+def test_a_run_that_never_reaches_a_level_has_none_and_the_table_says_how_many_seeds_did():
+    never = run([point(0, 0.30, 0), point(10, 0.40, 1000)])
+    assert report.per_run(never, teacher_acc=0.70)["steps_50"] is None
+    assert report._mean_sd([10, None, 30]) == "20.0 ± 14.1 (2/3 seeds)"
+
+
+def test_core_change_is_measured_against_the_start_of_the_same_run():
+    r = report.per_run(run([point(0, 0.3, 0, core=1.0), point(10, 0.5, 10, core=0.8)]), teacher_acc=0.7)
+    assert all(math.isclose(d, -0.2) for d in r["core_delta"].values())
+    assert math.isclose(r["core_delta_min"], -0.2)
+
+
+def test_off_policy_tokens_are_the_teachers_samples_spread_over_the_steps():
+    sft = run([point(0, 0.3, 0), point(50, 0.6, 0), point(100, 0.7, 0)], teacher_tokens=1e6)
+    r = report.per_run(sft, teacher_acc=0.7)
+    assert r["tokens_50"] == 5e5 and r["student_tokens"] == 0
+
+
+def test_no_room_to_gain_gives_nan_not_a_division_error():
+    assert math.isnan(report.gain(point(10, 0.5, 0), point(0, 0.5, 0), teacher_acc=0.5))
