@@ -115,7 +115,7 @@ def test_an_unreadable_data_file_is_named(tmp_path):
 
 
 def test_the_catalogue_replaces_the_demo_skills_while_active(monkeypatch):
-    monkeypatch.delenv(cat.ENV_VAR, raising=False)
+    monkeypatch.setenv(cat.ENV_VAR, "")  # recorded, so the teardown restores it after use_catalogue sets it
     assert "add" in cat.SKILLS and "copy" in cat.CORE_SKILLS
     cat.use_catalogue([str(DATA / "skills.yaml")])
     assert list(cat.SKILLS) == ["plus_words", "echo"]
@@ -131,7 +131,7 @@ def test_the_catalogue_replaces_the_demo_skills_while_active(monkeypatch):
 def test_the_demo_world_declared_in_yaml_is_the_demo_world(monkeypatch):
     from demo_world import skills as demo
 
-    monkeypatch.delenv(cat.ENV_VAR, raising=False)
+    monkeypatch.setenv(cat.ENV_VAR, "")  # recorded, so the teardown restores it after use_catalogue sets it
     cat.use_catalogue([str(DEMO_YAML)])
     assert dict(cat.SKILLS) == demo.SKILLS
     assert tuple(cat.CORE_SKILLS) == demo.CORE_SKILLS and tuple(cat.TARGET_SKILLS) == demo.TARGET_SKILLS
