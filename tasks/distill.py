@@ -1,8 +1,9 @@
 """Distillation stage: turn the champion into a candidate that has the batch's skill and keeps the core ones.
 
 The student starts as a copy of the champion and samples its own completions (on-policy). Target-skill
-prompts (the batch rows) are scored by the specialist teacher; replay prompts drawn from the core
-skills' train splits are scored by the frozen champion, the anchor. The student minimises the
+prompts (the batch rows) are scored by the specialist teacher; replay prompts drawn from the train splits of
+the core skills and of the targets taught by earlier promoted updates (`replay_taught`) are scored by the
+frozen champion, the anchor. The student minimises the
 full-vocabulary reverse KL to each row's own teacher (`RoutedDistillationTrainer`), so it learns the
 new skill without drifting from what it already does well (FACTS.md: 25% replay kept every core skill
 within a point of the base).
@@ -71,6 +72,9 @@ class DistillConfig(StrictConfig):
                                                          "rollout budget).")
     replay_fraction: float = Field(0.25, ge=0, lt=1, description="Share of each opd batch that is core-skill replay "
                                                                  "prompts scored by the frozen champion.")
+    replay_taught: bool = Field(True, description="Replay also the target skills taught by earlier promoted updates "
+                                                  "(the home's accuracy matrix): without it a sub update erased "
+                                                  "add (measured: 65% -> 35%).")
     anchor_kl_coef: float = Field(0.0, ge=0, description="Extra reverse KL to the frozen champion on target prompts "
                                                          "(opd methods; 0 = off).")
     beta: float = Field(1.0, ge=0, le=1, description="TRL's divergence: 1.0 = reverse KL (on-policy distillation), "
@@ -136,7 +140,8 @@ def distill(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: Dis
     targets = [it for it in load_batch(batch.path) if it.skill == batch.skill]
     if not targets:
         raise ValueError(f"batch {batch.path} has no rows of skill {batch.skill!r}: nothing to distil")
-    key = candidate_key(batch, champion, teacher, cfg)
+    replayed = replay_skills(cfg, skill.id, home, champion.name)
+    key = candidate_key(batch, champion, teacher, cfg, replayed)
     short = key.split(":")[-1]
     with file_lock(home.locks / f"distill-{short}.lock"):  # one process trains a given candidate
         existing = registry.find_version(cfg.registered_model, key)
@@ -144,7 +149,7 @@ def distill(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: Dis
             if cfg.uses_teacher:
                 check_same_vocabulary(champion.folder, teacher.model.folder)
             existing = _train_and_register(targets, skill, batch, champion, teacher, cfg, home, key,
-                                           parent_run_id, list(callbacks))
+                                           parent_run_id, list(callbacks), replayed)
         version = str(existing.version)  # MLflow 3 gives versions as int; records carry str
         registry.client().set_registered_model_alias(cfg.registered_model, registry.CANDIDATE, version)
     folder = registry.local_folder(existing)
@@ -154,10 +159,23 @@ def distill(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: Dis
                      metrics=report["metrics"], run_id=existing.run_id or "")
 
 
-def candidate_key(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: DistillConfig) -> str:
-    """The registration key: same champion, teacher, data and settings means the same candidate."""
+def replay_skills(cfg: DistillConfig, target: str, home: Home, model_name: str) -> list[str]:
+    """Skills whose train prompts are replayed: every core skill, then (with `replay_taught`) earlier targets."""
+    from continual_opd.skills import CORE_SKILLS
+    from gates.accuracy_matrix import taught_skills
+
+    taught = taught_skills(home, model_name) if cfg.replay_taught else []
+    return [s for s in dict.fromkeys([*CORE_SKILLS, *taught]) if s != target]
+
+
+def candidate_key(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: DistillConfig,
+                  replayed: Sequence[str] = ()) -> str:
+    """The registration key: same champion, teacher, data, settings and replayed skills: the same candidate."""
+    from continual_opd.skills import CORE_SKILLS
+
+    extra = [s for s in replayed if s not in CORE_SKILLS]  # core-only replay keeps the keys it always had
     blob = json.dumps([champion.name, champion.version, teacher.model.name, teacher.model.version, batch.skill,
-                       batch.digest, cfg.config_hash()])
+                       batch.digest, cfg.config_hash(), *([extra] if extra else [])])
     return f"distill:{batch.skill}:{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
@@ -184,14 +202,15 @@ def check_same_vocabulary(student_folder: str | Path, teacher_folder: str | Path
 # ---------------------------------------------------------------------------------------------- data
 
 
-def training_rows(targets, cfg: DistillConfig) -> list[dict]:
-    """`steps x prompts_per_step` rows in step order, each step with exactly `replay_per_step` core rows.
+def training_rows(targets, cfg: DistillConfig, replayed: Sequence[str] | None = None) -> list[dict]:
+    """`steps x prompts_per_step` rows in step order, each step with exactly `replay_per_step` replay rows.
 
-    Target rows cycle through the batch (reshuffled each pass); replay rows come from the core skills' train
-    splits, an equal share per skill. The order is a pure function of the inputs, so a resumed run sees
+    Target rows cycle through the batch (reshuffled each pass); replay rows come from the train splits of
+    `replayed` (default: the core skills), an equal share per skill. The order is a pure function of the inputs, so a resumed run sees
     the same steps.
     """
-    from continual_opd.skills import CORE_SKILLS, SKILLS
+    from continual_opd.skills import CORE_SKILLS
+    from tasks.suites import items_up_to
 
     rng = random.Random(cfg.seed)
     n_replay = cfg.replay_per_step
@@ -203,9 +222,11 @@ def training_rows(targets, cfg: DistillConfig) -> list[dict]:
         stream.extend(cycle)
     replay = []
     if n_replay:
-        per_skill = math.ceil(cfg.steps * n_replay / len(CORE_SKILLS))
-        for core in CORE_SKILLS:
-            replay.extend(SKILLS[core].items("train", per_skill, seed=cfg.seed))
+        replayed = list(CORE_SKILLS if replayed is None else replayed)
+        per_skill = math.ceil(cfg.steps * n_replay / len(replayed))
+        for name in replayed:
+            pool = items_up_to(name, "train", per_skill, cfg.seed)  # few-prompt skills (mul) repeat
+            replay.extend((pool * math.ceil(per_skill / len(pool)))[:per_skill])
         rng.shuffle(replay)
 
     def row(item, route):
@@ -229,7 +250,7 @@ def as_prompt(tokenizer, text: str):
 
 
 def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillConfig, home: Home, key: str,
-                        parent_run_id, extra_callbacks) -> object:
+                        parent_run_id, extra_callbacks, replayed: Sequence[str]) -> object:
     import mlflow
 
     from continual_opd.modelio import save_model_atomic
@@ -243,11 +264,13 @@ def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillCo
                "flow_run_id": current_flow_run_id(), "method": cfg.method}
     with stage_run(STAGE, parent_run_id, tags={**lineage, "skill": skill.id, "registration_key": key}) as run:
         mlflow.log_params({**{f"cfg.{k}": v for k, v in cfg.model_dump().items()}, "skill": skill.id,
+                           "replayed_skills": ",".join(replayed) if cfg.replay_per_step else "",
                            "batch_rows": len(targets), "champion": f"{champion.name}/{champion.version}",
                            "teacher": f"{teacher.model.name}/{teacher.model.version}",
                            "registration_key": key})
         logger = MetricBuffer(run.info.run_id)
-        model, tokenizer, metrics = _train(targets, skill, champion, teacher, cfg, work, logger, extra_callbacks)
+        model, tokenizer, metrics = _train(targets, skill, champion, teacher, cfg, work, logger, extra_callbacks,
+                                           replayed)
         report = {"registration_key": key, **lineage, "skill": skill.id, "metrics": metrics}
         save_model_atomic(model, tokenizer, dest, extra_files={REPORT_FILE: json.dumps(report, indent=1)})
         version = registry.register_folder(
@@ -263,7 +286,7 @@ def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillCo
     return version
 
 
-def _train(targets, skill, champion, teacher, cfg: DistillConfig, work: Path, logger, extra_callbacks):
+def _train(targets, skill, champion, teacher, cfg: DistillConfig, work: Path, logger, extra_callbacks, replayed):
     """Build the method's trainer, guard, train (resuming when a checkpoint exists); returns model, tok, metrics."""
     import torch
     from transformers import PrinterCallback
@@ -279,7 +302,7 @@ def _train(targets, skill, champion, teacher, cfg: DistillConfig, work: Path, lo
     heldout = _heldout_callback(tokenizer, eval_sets, cfg, logger, max_new_tokens)
     metrics: dict[str, float] = {}
     if cfg.method in ("opd", "opd_no_replay"):
-        trainer = _routed_trainer(student, tokenizer, targets, champion, teacher, cfg, work)
+        trainer = _routed_trainer(student, tokenizer, targets, champion, teacher, cfg, work, replayed)
     elif cfg.method == "sft_teacher_samples":
         trainer = _sft_trainer(student, tokenizer, targets, teacher, cfg, work)
     else:
@@ -342,7 +365,8 @@ def _common_args(cfg: DistillConfig, work: Path) -> dict:
     )
 
 
-def _routed_trainer(student, tokenizer, targets, champion, teacher, cfg: DistillConfig, work: Path):
+def _routed_trainer(student, tokenizer, targets, champion, teacher, cfg: DistillConfig, work: Path,
+                    replayed: Sequence[str] | None = None):
     from datasets import Dataset
     from trl import DistillationConfig
 
@@ -353,7 +377,7 @@ def _routed_trainer(student, tokenizer, targets, champion, teacher, cfg: Distill
     teachers = {TARGET_ROUTE: teacher_model}
     if cfg.replay_per_step or cfg.anchor_kl_coef:
         teachers[ANCHOR_ROUTE] = load_model(champion.folder)[0]
-    rows = [{**r, "prompt": as_prompt(tokenizer, r["prompt"])} for r in training_rows(targets, cfg)]
+    rows = [{**r, "prompt": as_prompt(tokenizer, r["prompt"])} for r in training_rows(targets, cfg, replayed)]
     args = DistillationConfig(
         **_common_args(cfg, work), per_device_train_batch_size=cfg.prompts_per_step, beta=cfg.beta,
         temperature=cfg.temperature, max_completion_length=cfg.max_completion_length,

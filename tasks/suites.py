@@ -19,19 +19,18 @@ def suite_names(target_skill: str) -> list[str]:
 def build_suites(names: list[str], size: int = DEFAULT_SUITE_SIZE, seed: int = SUITE_SEED,
                  sizes: dict[str, int] | None = None) -> dict[str, list[Item]]:
     """Held-out items per suite; a skill with fewer held-out prompts than asked gets all it has."""
-    suites = {}
-    for name in names:
-        n = (sizes or {}).get(name, size)
-        skill = SKILLS[name]
-        while True:  # a skill with few held-out prompts (mul) may need more than one step down
-            try:
-                suites[name] = skill.items("heldout", n, seed=seed)
-                break
-            except ValueError:
-                if n < 4:
-                    raise
-                n //= 4
-    return suites
+    return {name: items_up_to(name, "heldout", (sizes or {}).get(name, size), seed) for name in names}
+
+
+def items_up_to(name: str, split: str, n: int, seed: int) -> list[Item]:
+    """`n` distinct items of a split, or fewer (a quarter, a sixteenth...) when the split has fewer prompts."""
+    while True:  # a skill with few prompts (mul) may need more than one step down
+        try:
+            return SKILLS[name].items(split, n, seed=seed)
+        except ValueError:
+            if n < 4:
+                raise
+            n //= 4
 
 
 def all_suite_items(target_skills=None, size: int = DEFAULT_SUITE_SIZE) -> list[Item]:

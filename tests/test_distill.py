@@ -127,6 +127,35 @@ def _versions(registry) -> set[str]:
     return {str(v.version) for v in registry.client().search_model_versions(f"name='{TEST_MODEL}'")}
 
 
+def test_replay_covers_the_core_skills_and_the_targets_taught_before(home):
+    """A second update must not erase the first: earlier promoted targets join the replay (the anchor route)."""
+    import uuid
+    from collections import Counter
+
+    from continual_opd.skills import CORE_SKILLS, SKILLS
+    from gates import accuracy_matrix
+    from tasks.distill import ANCHOR_ROUTE, TARGET_ROUTE, DistillConfig, replay_skills, training_rows
+
+    model = f"replay-test-{uuid.uuid4().hex[:8]}"
+    accuracy_matrix.append_row(home, model, "1", "baseline")
+    accuracy_matrix.append_row(home, model, "2", "promoted", target_skill="add")
+    accuracy_matrix.append_row(home, model, "3", "rejected", target_skill="mul")  # never taught: not replayed
+    cfg = DistillConfig(steps=5, prompts_per_step=40)
+    assert replay_skills(cfg, "sub", home, model) == [*CORE_SKILLS, "add"]
+    assert replay_skills(cfg, "add", home, model) == list(CORE_SKILLS)  # the target itself is taught, not replayed
+    assert replay_skills(cfg.model_copy(update={"replay_taught": False}), "sub", home, model) == list(CORE_SKILLS)
+
+    rows = training_rows(SKILLS["sub"].items("train", 64), cfg, replay_skills(cfg, "sub", home, model))
+    for step in range(cfg.steps):
+        chunk = rows[step * 40:(step + 1) * 40]
+        assert Counter(r["route"] for r in chunk) == {TARGET_ROUTE: 30, ANCHOR_ROUTE: 10}
+    replayed = Counter(r["skill"] for r in rows if r["route"] == ANCHOR_ROUTE)
+    assert set(replayed) == {*CORE_SKILLS, "add"} and max(replayed.values()) - min(replayed.values()) <= 2
+    # a skill with few train prompts (mul: 528) is repeated rather than refused
+    many = DistillConfig(steps=200, prompts_per_step=256)
+    assert sum(r["skill"] == "mul" for r in training_rows(SKILLS["sub"].items("train", 64), many, ["mul"])) == 200 * 64
+
+
 def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, champion, home):
     from continual_opd import registry
     from continual_opd.modelio import save_model_atomic
@@ -177,7 +206,7 @@ def test_interrupted_run_resumes_and_registers_a_candidate_with_lineage(tmp_path
 
     from continual_opd import registry
     from continual_opd.modelio import load_model
-    from tasks.distill import candidate_key, distill, last_complete_checkpoint
+    from tasks.distill import candidate_key, distill, last_complete_checkpoint, replay_skills
 
     class InterruptAfterFirstSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -188,7 +217,7 @@ def test_interrupted_run_resumes_and_registers_a_candidate_with_lineage(tmp_path
     with pytest.raises(Interrupted):
         distill(batch, champion, teacher, cfg, home, callbacks=[InterruptAfterFirstSave()])
     assert _versions(registry) == before, "an interrupted run registers nothing"
-    work = home.checkpoints / f"distill-{candidate_key(batch, champion, teacher, cfg).split(':')[-1][:16]}"
+    work = home.checkpoints / f"distill-{candidate_key(batch, champion, teacher, cfg, replay_skills(cfg, 'add', home, champion.name)).split(':')[-1][:16]}"
     saved = last_complete_checkpoint(work / "trainer")
     assert saved is not None and saved.name == "checkpoint-2"
 
