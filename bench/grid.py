@@ -56,7 +56,8 @@ def run_grid(cfg: GridConfig, home, out: Path, log=print) -> dict:
         teacher_model, _ = load_model(teacher.model.folder)
         teacher_point = _probe(base_model, tokenizer, eval_sets, kl_prompts, cfg, 1).measure(teacher_model, 0)
         entry = {"seed": seed, "teacher": {**teacher.model_dump(), "seconds": teacher_seconds,
-                                           "probe": teacher_point}, "runs": {}}
+                                           "probe": teacher_point, "curve": teacher_curve(teacher.run_id)},
+                 "runs": {}}
         log(f"seed {seed}: teacher add {teacher.initial_accuracy:.3f} -> {teacher.accuracy:.3f} (gate set), "
             f"{teacher_point['acc/add']:.3f} on the probe set, {teacher_seconds:.0f}s")
         for method in cfg.methods:
@@ -68,6 +69,31 @@ def run_grid(cfg: GridConfig, home, out: Path, log=print) -> dict:
         result["seeds"].append(entry)
         out.write_text(json.dumps(result, indent=1))
     return result
+
+
+def teacher_curve(run_id: str, tracking_uri: str | None = None) -> list[dict]:
+    """The teacher stage's own GRPO curve: held-out add accuracy at each evaluation, with tokens sampled so far.
+
+    The teacher is GRPO from the same base the student starts from, with the teacher stage's tuned recipe, so
+    its curve is "RL on the student" at its best measured settings (the `grpo` method runs at the distillation
+    budget instead). Read back from the stage's MLflow run: `heldout/add_acc` (its selection set) and
+    `rl/completions/mean_length` x completions per step.
+    """
+    from mlflow import MlflowClient
+
+    from tasks.teacher_rl import TeacherConfig
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.get_run(run_id)
+    per_step = int(run.data.params.get("cfg.prompts_per_step", TeacherConfig().prompts_per_step)) * int(
+        run.data.params.get("cfg.num_generations", TeacherConfig().num_generations))
+    lengths = {m.step: m.value for m in client.get_metric_history(run_id, "rl/completions/mean_length")}
+    curve, tokens, counted = [], 0.0, 0
+    for m in sorted(client.get_metric_history(run_id, "heldout/add_acc"), key=lambda m: m.step):
+        tokens += sum(lengths.get(s, 0.0) for s in range(counted + 1, m.step + 1)) * per_step
+        counted = m.step
+        curve.append({"step": m.step, "acc/add": m.value, "student_tokens": tokens})
+    return curve
 
 
 def _batch(home, seed: int, rows: int):

@@ -144,6 +144,46 @@ def plot(grid: dict, out_dir) -> list:
     return paths
 
 
+def rl_reference(grid: dict) -> dict[str, list]:
+    """Per seed: steps and tokens the teacher stage's GRPO took to reach 50% / 90% of the gain it ended with."""
+    out: dict[str, list] = {}
+    for entry in grid["seeds"]:
+        curve = entry["teacher"].get("curve") or []
+        if not curve:
+            continue
+        best = max(p["acc/add"] for p in curve)
+        for level in LEVELS:
+            hit = first_reaching(curve, best, level)
+            out.setdefault(f"steps_{int(level * 100)}", []).append(hit["step"] if hit else None)
+            out.setdefault(f"tokens_{int(level * 100)}", []).append(hit["student_tokens"] if hit else None)
+        out.setdefault("gain", []).append(best - curve[0]["acc/add"])
+    return out
+
+
+def rl_reference_markdown(grid: dict) -> str:
+    """OPD's steps and tokens to each level next to GRPO's with the teacher stage's tuned recipe."""
+    rl, opd = rl_reference(grid), summarise(grid).get("opd")
+    if not rl or opd is None:
+        return "(no teacher curves recorded)"
+    lines = ["| | steps to 50% / 90% of the gain | sampled tokens to 50% / 90% (k) |", "| --- | --- | --- |",
+             f"| opd on the student (gain = the teacher's) | {_mean_sd(opd['steps_50'], 1, '{:.0f}')} / "
+             f"{_mean_sd(opd['steps_90'], 1, '{:.0f}')} | {_mean_sd(opd['tokens_50'], 1e-3, '{:.0f}')} / "
+             f"{_mean_sd(opd['tokens_90'], 1e-3, '{:.0f}')} |",
+             f"| GRPO from the same base, teacher-stage recipe (gain = its own best, "
+             f"{_mean_sd(rl['gain'], 100)} pts) | {_mean_sd(rl['steps_50'], 1, '{:.0f}')} / "
+             f"{_mean_sd(rl['steps_90'], 1, '{:.0f}')} | {_mean_sd(rl['tokens_50'], 1e-3, '{:.0f}')} / "
+             f"{_mean_sd(rl['tokens_90'], 1e-3, '{:.0f}')} |"]
+    ratios = []
+    for level in ("50", "90"):
+        a = [v for v in rl[f"tokens_{level}"] if v]
+        b = [v for v in opd[f"tokens_{level}"] if v]
+        if a and b:
+            ratios.append(f"{level}%: **{statistics.mean(a) / statistics.mean(b):.1f}x**")
+    if ratios:
+        lines += ["", "GRPO tokens / opd tokens (means over the seeds that reached the level): " + ", ".join(ratios)]
+    return "\n".join(lines)
+
+
 def flat_metrics(grid: dict, step_eff: dict | None, continual: dict | None) -> dict[str, float]:
     """Numbers for the MLflow bench run: per method mean across seeds, the step ratios, ACC and BWT."""
     out: dict[str, float] = {}
@@ -152,6 +192,11 @@ def flat_metrics(grid: dict, step_eff: dict | None, continual: dict | None) -> d
             vals = [v for v in row[key] if v is not None and not (isinstance(v, float) and math.isnan(v))]
             if vals:
                 out[f"{method}/{key}"] = statistics.mean(vals)
+    rl = rl_reference(grid)
+    for key in ("tokens_50", "tokens_90", "steps_50", "steps_90"):
+        vals = [v for v in rl.get(key, []) if v is not None]
+        if vals:
+            out[f"grpo_teacher_recipe/{key}"] = statistics.mean(vals)
     if step_eff:
         for key in ("routed_over_stock", "routed_over_irreducible", "stock_over_irreducible", "routed_step_seconds",
                     "stock_step_seconds", "irreducible_seconds"):
