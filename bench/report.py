@@ -116,14 +116,10 @@ def plot(grid: dict, out_dir) -> list:
                     label=method if entry is grid["seeds"][0] else None)
         ax.axhline(100 * entry["teacher"]["probe"]["acc/add"], color="grey", linestyle=":", linewidth=1,
                    label="teachers" if entry is grid["seeds"][0] else None)
-    ax.set_xlabel("sampled completion tokens (thousands; dashed: the teacher's samples)")
-    ax.set_ylabel("add held-out accuracy (%)")
-    ax.set_title("Target accuracy against rollout tokens (3 seeds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / "target_vs_tokens.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_finish(fig, ax, "sampled completion tokens (thousands; dashed: the teacher's samples)",
+                         "add held-out accuracy (%)",
+                         f"Target accuracy against rollout tokens ({len(grid['seeds'])} seeds)",
+                         out_dir / "target_vs_tokens.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for entry in grid["seeds"]:
@@ -133,15 +129,23 @@ def plot(grid: dict, out_dir) -> list:
             ax.plot([100 * p["acc/add"] for p in pts], core, marker=".", color=COLORS.get(method), alpha=0.8,
                     label=method if entry is grid["seeds"][0] else None)
             ax.scatter([100 * pts[-1]["acc/add"]], [core[-1]], color=COLORS.get(method), s=40, zorder=3)
-    ax.set_xlabel("add held-out accuracy (%)")
-    ax.set_ylabel("mean core accuracy (%)")
-    ax.set_title("Forgetting frontier: core against target, along training (dot = end)")
+    paths.append(_finish(fig, ax, "add held-out accuracy (%)", "mean core accuracy (%)",
+                         "Forgetting frontier: core against target, along training (dot = end)",
+                         out_dir / "forgetting_frontier.png"))
+    return paths
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path):
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append(out_dir / "forgetting_frontier.png")
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return paths
+    return path
 
 
 def rl_reference(grid: dict) -> dict[str, list]:
