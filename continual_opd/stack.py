@@ -60,6 +60,7 @@ def start_prefect_stack(port: int = 4200, env: dict | None = None, log_dir: Path
 
 
 def stop(procs) -> None:
+    """SIGTERM each process, then SIGKILL what is still up after 20 s; returns once all have exited."""
     for p in reversed(procs):
         if p.poll() is None:
             p.terminate()
@@ -68,6 +69,7 @@ def stop(procs) -> None:
             p.wait(timeout=20)
         except subprocess.TimeoutExpired:
             p.kill()
+            p.wait(timeout=10)  # reap it: without this a killed server could still look alive to the caller
 
 
 def serve(port: int = 4200) -> int:
