@@ -79,6 +79,17 @@ def test_config_is_strict_and_init_is_checked(champion):
     assert identity == f"{champion.name}/{champion.version}" and (folder / "config.json").is_file()
 
 
+def test_a_skill_with_too_few_heldout_prompts_says_which_settings_to_lower():
+    from demo_world.skills import get_skill
+    from tasks.teacher_rl import TeacherConfig, heldout_sets
+
+    mul = get_skill("mul")  # 192 held-out prompts: the defaults ask for 200 + 400
+    with pytest.raises(ValueError, match=r"eval_items \+ gate_items = 200 \+ 400.*teacher.gate_items"):
+        heldout_sets(mul, [], TeacherConfig())
+    eval_set, gate_set, _ = heldout_sets(mul, [], TeacherConfig(eval_items=64, gate_items=128))
+    assert len(eval_set) == 64 and len(gate_set) == 128
+
+
 def test_gate_rejects_a_teacher_that_did_not_improve(add_batch, champion, home):
     """Zero RL steps: the 'teacher' is its initial model, which cannot beat itself by the margin."""
     from tasks.teacher_rl import TeacherConfig, TeacherGateFailed, teacher_folder, train_teacher
