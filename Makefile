@@ -30,7 +30,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# The benchmark behind the README's claims (~30 min on 2 CPU cores); writes docs/bench/ and an MLflow bench run.
+# The benchmark behind the README's claims (about 21 min on 2 CPU cores; at most 30); writes docs/bench/ and an MLflow bench run.
 bench: $(STAMP)
 	$(PY) -m bench --out docs/bench
 

@@ -14,7 +14,7 @@ on-policy distillation carries the teacher's dense per-token signal into a stude
 mul. Every override of the flow's defaults is recorded in the result, with why; an update that is rejected
 or stopped is reported as such, never retried into a promotion (the one retry: see `RAISED_INITIAL_KL`).
 
-    python -m bench.continual --home DIR --out FILE.json [--quick]
+    python -m bench.continual --home DIR --out FILE.json [--quick] [--set FIELD=VALUE ...]
 
 Runs on one thread (the rest of the benchmark runs beside it). `--quick` uses tiny budgets
 (configs/smoke.yaml) to exercise the machinery only; its numbers mean nothing.
@@ -125,7 +125,7 @@ def _run_flow(params) -> tuple[str, list[str], object]:
     return "stopped", [f"{type(result).__name__}: {result}"], result
 
 
-def run_sequence(home_dir: Path, quick: bool) -> dict:
+def run_sequence(home_dir: Path, quick: bool, extra_overrides: list[str] = ()) -> dict:
     from continual_opd import registry
     from continual_opd.demo import demo_batch_path
     from continual_opd.home import current_home, prepare_stores
@@ -140,7 +140,7 @@ def run_sequence(home_dir: Path, quick: bool) -> dict:
     assert home.root.resolve() == home_dir.resolve(), (home.root, home_dir)
     champion = bootstrap(home)
     config = QUICK_CONFIG if quick else None
-    base_overrides = [] if quick else list(FULL_OVERRIDES)
+    base_overrides = ([] if quick else list(FULL_OVERRIDES)) + list(extra_overrides)
     updates = []
     for skill in SEQUENCE:
         t0 = time.time()
@@ -244,6 +244,8 @@ def main(argv=None) -> int:
     parser.add_argument("--home", required=True, type=Path, help="fresh home for the sequence (must not exist)")
     parser.add_argument("--out", required=True, type=Path, help="result JSON")
     parser.add_argument("--quick", action="store_true", help="tiny budgets: machinery only")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="flow parameter override for every update (as `continual-opd run --set`), repeatable")
     args = parser.parse_args(argv)
     if args.home.exists() and any(args.home.iterdir()):
         print(f"error: {args.home} is not empty; the sequence needs a fresh home", file=sys.stderr)
@@ -258,7 +260,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     import continual_opd  # noqa: F401
 
-    result = run_sequence(args.home, args.quick)
+    result = run_sequence(args.home, args.quick, args.set)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     print(continual_markdown(result))
