@@ -24,6 +24,7 @@ class Probe(TrainerCallback):
         self.student_tokens = 0.0
         self.train_seconds = 0.0
         self._clock = None
+        self._pending = None  # (model, step) to measure once this step's token count is logged
 
     def measure(self, model, step: int) -> dict:
         import torch
@@ -80,7 +81,7 @@ class Probe(TrainerCallback):
         self._flush_pending()
 
     def _flush_pending(self):
-        pending = getattr(self, "_pending", None)
+        pending = self._pending
         if pending is not None:
             self._pending = None
             self.measure(*pending)

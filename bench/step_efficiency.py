@@ -22,22 +22,22 @@ from pathlib import Path
 WARMUP, MEASURED = 2, 8
 
 
-class _StepTimer:
-    def __new__(cls):
-        from transformers import TrainerCallback
+def _step_timer():
+    """A trainer callback that records each optimizer step's wall time (`on_step_begin` to `on_step_end`)."""
+    from transformers import TrainerCallback
 
-        class StepTimer(TrainerCallback):
-            def __init__(self):
-                self.seconds: list[float] = []
-                self._t = 0.0
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds: list[float] = []
+            self._t = 0.0
 
-            def on_step_begin(self, args, state, control, **kwargs):
-                self._t = time.perf_counter()
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t = time.perf_counter()
 
-            def on_step_end(self, args, state, control, **kwargs):
-                self.seconds.append(time.perf_counter() - self._t)
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self._t)
 
-        return StepTimer()
+    return StepTimer()
 
 
 def _median_after_warmup(seconds: list[float]) -> float:
@@ -70,7 +70,7 @@ def measure(home, steps: int = WARMUP + MEASURED) -> dict:
     work = home.root / "bench" / "step-efficiency"
 
     def timed(trainer) -> list[float]:
-        timer = _StepTimer()
+        timer = _step_timer()
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(timer)
         trainer.train()
