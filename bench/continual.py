@@ -107,16 +107,13 @@ def cold_start(champion, batch: Path, home, quick: bool, log=print) -> tuple[Pat
 
 
 def _run_flow(params) -> tuple[str, list[str], object]:
-    """One update through the flow, as `continual_opd.cli.run_update` runs it, keeping the flow's result
-    (run_update returns only the exit code); (outcome, reasons, result)."""
-    from continual_opd.home import current_home
+    """One update through the flow as `continual-opd run` runs it (`cli.run_flow`), printing the same summary;
+    returns (outcome, reasons, result)."""
+    from continual_opd.cli import run_flow
     from continual_opd.records import SkippedBatch, UpdateOutcome
     from continual_opd.summary import print_outcome
-    from flows.continual_update import continual_update
 
-    current_home().ensure()
-    state = continual_update(params, return_state=True)
-    result = state.result(raise_on_failure=False)
+    state, result = run_flow(params)
     print_outcome(params, state, result)
     if isinstance(result, UpdateOutcome):
         return ("promoted" if result.decision.promoted else "rejected"), list(result.decision.reasons), result

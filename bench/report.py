@@ -58,8 +58,13 @@ def summarise(grid: dict) -> dict[str, dict]:
     return table
 
 
+def measured(values: list) -> list:
+    """The values a seed actually produced: no None (level never reached) and no NaN (no room to gain)."""
+    return [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
 def _mean_sd(values: list, scale: float = 1.0, fmt: str = "{:.1f}") -> str:
-    vals = [v * scale for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    vals = [v * scale for v in measured(values)]
     if not vals:
         return "-"
     text = fmt.format(statistics.mean(vals))
@@ -193,12 +198,12 @@ def flat_metrics(grid: dict, step_eff: dict | None, continual: dict | None) -> d
     out: dict[str, float] = {}
     for method, row in summarise(grid).items():
         for key in ("final_add", "gain_share", "core_delta_min", "kl_core", "train_seconds", "steps_90", "tokens_90"):
-            vals = [v for v in row[key] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            vals = measured(row[key])
             if vals:
                 out[f"{method}/{key}"] = statistics.mean(vals)
     rl = rl_reference(grid)
     for key in ("tokens_50", "tokens_90", "steps_50", "steps_90"):
-        vals = [v for v in rl.get(key, []) if v is not None]
+        vals = measured(rl.get(key, []))
         if vals:
             out[f"grpo_teacher_recipe/{key}"] = statistics.mean(vals)
     if step_eff:

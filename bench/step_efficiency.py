@@ -147,7 +147,6 @@ def _irreducible(student, teachers: dict, tokenizer, rows: list[dict], cfg) -> d
                                         batch_size=len(prompts))
         t1 = time.perf_counter()
         with torch.no_grad():
-            teacher_logp = torch.empty(0)
             parts = {}
             for route, idx in by_route.items():
                 sub = {**batch, **{k: batch[k][idx] for k in ("seq", "attention", "positions", "keep")}}

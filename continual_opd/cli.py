@@ -73,8 +73,14 @@ def cmd_run(args) -> int:
 
 def run_update(params) -> int:
     """Run the flow in this process and turn its outcome into an exit code and a readable summary."""
-    from continual_opd.home import current_home
     from continual_opd.summary import print_outcome
+
+    return print_outcome(params, *run_flow(params))
+
+
+def run_flow(params):
+    """Run the flow in this process; returns its final state and its result (an exception when it failed)."""
+    from continual_opd.home import current_home
     from flows.continual_update import continual_update
 
     # Before Prefect starts its API with its database in the home: an unwritable home would otherwise cost a
@@ -82,8 +88,7 @@ def run_update(params) -> int:
     current_home().ensure()
 
     state = continual_update(params, return_state=True)
-    result = state.result(raise_on_failure=False)
-    return print_outcome(params, state, result)
+    return state, state.result(raise_on_failure=False)
 
 
 def cmd_demo(args) -> int:
