@@ -1,4 +1,4 @@
-"""The benchmark behind the project's claims (issue 8): `make bench`, results in docs/bench/.
+"""The benchmark behind the project's claims: `make bench`, results in docs/bench/.
 
 - `grid`: per seed, one RL teacher, then every distillation method from the same base and teacher, with
   curves recorded by `probe.Probe` (target and core accuracy, drift/kl_core, tokens, steps, wall time);

@@ -2,7 +2,7 @@
 
 Order: the step-efficiency measurement runs first and alone (its ratios are timings); then the continual
 sequence and the seeds of the grid run as separate processes, two at a time, one torch thread each (this
-machine has two cores; FACTS.md: oversubscribed threads made training 20x slower). Every part gets its own
+machine has two cores; oversubscribed threads made training 20x slower). Every part gets its own
 scratch home under `<home>/bench/<stamp>/`, so the benchmark never touches the home's champion or registry;
 the bench run itself is logged to the home's MLflow (experiment `bench`) with every table, plot and JSON.
 """
@@ -16,7 +16,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.grid import GridConfig
+from bench import report
+from bench.continual import continual_markdown
+from bench.grid import GridConfig, teacher_curve
+from bench.step_efficiency import markdown as step_markdown
+from continual_opd.home import Home, current_home, prepare_stores
+from continual_opd.tracking import code_revision
 
 QUICK = GridConfig(seeds=(0, 1), steps=10, prompts_per_step=32, teacher_steps=10, teacher_gate_margin=0.0,
                    batch_rows=256, probe_every=5, probe_items=40, kl_prompts=32)
@@ -66,8 +71,6 @@ def main(argv=None) -> int:
     if args.rebuild:
         return rebuild(args.rebuild, args.out)
 
-    from continual_opd.home import current_home
-
     started = time.perf_counter()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     home = current_home()
@@ -85,9 +88,8 @@ def main(argv=None) -> int:
                          1, log)
     jobs = []
     if not args.skip_continual:
-        jobs.append(("continual", [py, "-m", "bench.continual", "--home", str(work / "continual"), "--out",
-                                   str(work / "continual.json"), *(["--quick"] if args.quick else [])],
-                     work / "continual-lane"))
+        jobs.append(("continual", [py, "-m", "bench.continual", "--out", str(work / "continual.json"),
+                                   *(["--quick"] if args.quick else [])], work / "continual"))
     for seed in cfg.seeds:
         seed_cfg = cfg.model_copy(update={"seeds": (seed,)})
         jobs.append((f"grid seed {seed}", [py, "-m", "bench.grid", "--config", seed_cfg.model_dump_json(), "--out",
@@ -111,9 +113,6 @@ def main(argv=None) -> int:
 def rebuild(results_json: Path, out: Path) -> int:
     """Re-render an earlier run, filling what newer report code reads from that run's own stores (its scratch
     homes are kept under `<home>/bench/<stamp>/`): today, the teachers' GRPO curves."""
-    from bench.grid import teacher_curve
-    from continual_opd.home import Home, current_home
-
     results = json.loads(results_json.read_text())
     work = current_home().root / "bench" / results["stamp"]
     for entry in results["grid"]["seeds"]:
@@ -128,9 +127,6 @@ def rebuild(results_json: Path, out: Path) -> int:
 
 
 def write_results(results: dict, out: Path) -> list[Path]:
-    from bench import report
-    from bench.step_efficiency import markdown as step_markdown
-
     grid = results["grid"]
     plots = report.plot(grid, out)
     cfg = grid["config"]
@@ -156,8 +152,6 @@ def write_results(results: dict, out: Path) -> list[Path]:
         "", "## Step efficiency", "", step_markdown(results["step_efficiency"]),
     ]
     if results["continual"] is not None:
-        from bench.continual import continual_markdown
-
         parts += ["", "## Continual sequence through the real flow", "", continual_markdown(results["continual"])]
     parts += ["", "## Wall time per part", "", "| part | seconds |", "| --- | ---: |"]
     parts += [f"| {name} | {sec:.0f} |" for name, sec in results["part_seconds"].items()]
@@ -171,10 +165,6 @@ def write_results(results: dict, out: Path) -> list[Path]:
 def log_bench_run(results: dict, files: list[Path], home) -> str:
     """One MLflow run in the home's experiment `bench`: config, code revision, headline metrics, all files."""
     import mlflow
-
-    from bench import report
-    from continual_opd.home import prepare_stores
-    from continual_opd.tracking import code_revision
 
     prepare_stores(home)
     mlflow.set_experiment("bench")

@@ -14,7 +14,9 @@ on-policy distillation carries the teacher's dense per-token signal into a stude
 mul. Every override of the flow's defaults is recorded in the result, with why; an update that is rejected
 or stopped is reported as such, never retried into a promotion (the one retry: see `RAISED_INITIAL_KL`).
 
-    python -m bench.continual --home DIR --out FILE.json [--quick] [--set FIELD=VALUE ...]
+    CONTINUAL_OPD_HOME=DIR python -m bench.continual --out FILE.json [--quick] [--set FIELD=VALUE ...]
+
+DIR must be a fresh (empty or missing) home.
 
 Runs on one thread (the rest of the benchmark runs beside it). `--quick` uses tiny budgets
 (configs/smoke.yaml) to exercise the machinery only; its numbers mean nothing.
@@ -22,10 +24,27 @@ Runs on one thread (the rest of the benchmark runs beside it). `--quick` uses ti
 
 import argparse
 import json
-import os
+import random
 import sys
 import time
 from pathlib import Path
+
+from cli.demo import demo_batch_path
+from cli.outcome import print_outcome
+from cli.run import run_flow
+from continual_opd import accuracy_matrix, registry
+from continual_opd.batch_io import load_batch
+from continual_opd.decoding import skill_accuracy
+from continual_opd.home import current_home, prepare_stores
+from continual_opd.modelio import load_model, save_model_atomic
+from continual_opd.records import SkippedBatch, UpdateOutcome
+from continual_opd.suites import build_suites
+from demo_world.bootstrap import bootstrap
+from demo_world.pretrain import encode_examples
+from demo_world.skills import CATALOGUE, SKILLS
+from flows.continual_update import read_champion
+from flows.params import load_params
+from tasks.distill_config import DistillationGuardError
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQUENCE = ("add", "sub", "mul")
@@ -57,15 +76,7 @@ def cold_start(champion, batch: Path, home, quick: bool, log=print) -> tuple[Pat
     AdamW at a constant `COLD_START_LR`, 48 target rows + 4 of each other skill a step, loss on the answer and
     EOS (the demo world's `encode_examples`); stops once held-out target accuracy reaches `COLD_START_STOP`.
     """
-    import random
-
     import torch
-
-    from continual_opd.decoding import skill_accuracy
-    from continual_opd.modelio import load_model, save_model_atomic
-    from demo_world.pretrain import encode_examples
-    from demo_world.skills import SKILLS
-    from tasks.batch_io import load_batch
 
     skill = SKILLS[COLD_START_SKILL]
     rows = [it for it in load_batch(str(batch)) if it.skill == skill.id]
@@ -109,10 +120,6 @@ def cold_start(champion, batch: Path, home, quick: bool, log=print) -> tuple[Pat
 def _run_flow(params) -> tuple[str, list[str], object]:
     """One update through the flow as `continual-opd run` runs it (`cli.run_flow`), printing the same summary;
     returns (outcome, reasons, result)."""
-    from continual_opd.cli import run_flow
-    from continual_opd.records import SkippedBatch, UpdateOutcome
-    from continual_opd.summary import print_outcome
-
     state, result = run_flow(params)
     print_outcome(params, state, result)
     if isinstance(result, UpdateOutcome):
@@ -122,19 +129,10 @@ def _run_flow(params) -> tuple[str, list[str], object]:
     return "stopped", [f"{type(result).__name__}: {result}"], result
 
 
-def run_sequence(home_dir: Path, quick: bool, extra_overrides: list[str] = ()) -> dict:
-    from continual_opd import registry
-    from continual_opd.demo import demo_batch_path
-    from continual_opd.home import current_home, prepare_stores
-    from demo_world.bootstrap import bootstrap
-    from flows.params import load_params
-    from gates import accuracy_matrix
-    from tasks.distill import DistillationGuardError
-    from tasks.suites import build_suites
-
+def run_sequence(quick: bool, extra_overrides: list[str] = ()) -> dict:
+    """The sequence in the current home (`CONTINUAL_OPD_HOME`), which must be fresh."""
     started = time.time()
     home = prepare_stores(current_home())
-    assert home.root.resolve() == home_dir.resolve(), (home.root, home_dir)
     champion = bootstrap(home)
     config = QUICK_CONFIG if quick else None
     base_overrides = ([] if quick else list(FULL_OVERRIDES)) + list(extra_overrides)
@@ -159,7 +157,7 @@ def run_sequence(home_dir: Path, quick: bool, extra_overrides: list[str] = ()) -
         attempts = []
         if skill == COLD_START_SKILL:
             size = load_params(str(batch), config, overrides).evaluation.suite_size
-            notes.append(f"the gate's {skill} suite has {len(build_suites([skill], size)[skill])} items "
+            notes.append(f"the gate's {skill} suite has {len(build_suites(CATALOGUE, [skill], size)[skill])} items "
                          f"(evaluation.suite_size {size}, stepped down to what the held-out prompts allow)")
         while True:
             params = load_params(str(batch), config, overrides)
@@ -201,17 +199,11 @@ def run_sequence(home_dir: Path, quick: bool, extra_overrides: list[str] = ()) -
 
 
 def _champion_ref():
-    from continual_opd.registry import STUDENT_MODEL
-    from flows.continual_update import read_champion
-
-    return read_champion(STUDENT_MODEL)
+    return read_champion(registry.STUDENT_MODEL)
 
 
 def continual_markdown(result: dict) -> str:
     """A results section: the accuracy matrix (cells in %), ACC, BWT, and one decision line per update."""
-    from continual_opd.registry import STUDENT_MODEL
-    from gates.accuracy_matrix import render_markdown
-
     minutes = result["total_seconds"] / 60
     lines = [f"### Continual sequence: {' -> '.join(result['sequence'])}" + (" (quick, machinery only)"
                                                                             if result.get("quick") else ""), "",
@@ -220,7 +212,7 @@ def continual_markdown(result: dict) -> str:
              + (f" with {', '.join(result['budgets']['overrides'])}" if result['budgets']['overrides'] else "") + ".",
              "", "Rows are the successive champions; a cell is that version's accuracy on the suite (blank: never "
              "measured there). A rejected candidate is no row: its numbers are in its decision line below.", "",
-             render_markdown(STUDENT_MODEL, result["matrix"]), ""]
+             accuracy_matrix.render_markdown(registry.STUDENT_MODEL, result["matrix"]), ""]
     for u in result["updates"]:
         moved = (f"champion v{u['champion_before']} -> v{u['champion_after']}"
                  if u["champion_after"] != u["champion_before"] else f"champion stays v{u['champion_before']}")
@@ -238,26 +230,20 @@ def continual_markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.continual", description=__doc__.splitlines()[0])
-    parser.add_argument("--home", required=True, type=Path, help="fresh home for the sequence (must not exist)")
     parser.add_argument("--out", required=True, type=Path, help="result JSON")
     parser.add_argument("--quick", action="store_true", help="tiny budgets: machinery only")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="flow parameter override for every update (as `continual-opd run --set`), repeatable")
     args = parser.parse_args(argv)
-    if args.home.exists() and any(args.home.iterdir()):
-        print(f"error: {args.home} is not empty; the sequence needs a fresh home", file=sys.stderr)
+    home = current_home().root
+    if home.exists() and any(p.name != "bench.log" for p in home.iterdir()):
+        print(f"error: the home {home} is not empty; the sequence needs a fresh one (set CONTINUAL_OPD_HOME)",
+              file=sys.stderr)
         return 1
-    # Before continual_opd is imported: it applies its env defaults (home, MLflow, Prefect) at import.
-    os.environ["CONTINUAL_OPD_HOME"] = str(args.home.resolve())
-    for name in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL"):
-        os.environ.pop(name, None)
-    os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
-    torch.set_num_threads(1)
-    import continual_opd  # noqa: F401
-
-    result = run_sequence(args.home, args.quick, args.set)
+    torch.set_num_threads(1)  # one core per benchmark lane
+    result = run_sequence(args.quick, args.set)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     print(continual_markdown(result))

@@ -15,7 +15,19 @@ from pathlib import Path
 
 from pydantic import Field
 
+from bench.probe import Probe
+from continual_opd.batch_io import batch_digest, load_batch, write_jsonl
 from continual_opd.config import StrictConfig
+from continual_opd.decoding import greedy_complete
+from continual_opd.home import current_home, prepare_stores
+from continual_opd.modelio import load_model
+from continual_opd.records import AcceptedBatch
+from demo_world.bootstrap import bootstrap
+from demo_world.skills import CATALOGUE, CORE_SKILLS, SKILLS
+from tasks.distill import distill
+from tasks.distill_config import DistillConfig
+from tasks.distill_training import training_rows
+from tasks.teacher_rl import TeacherConfig, train_teacher
 
 METHODS = ("opd", "opd_no_replay", "sft_teacher_samples", "grpo")
 
@@ -40,8 +52,6 @@ def run_grid(cfg: GridConfig, home, out: Path, log=print) -> dict:
     """Train and probe every (seed, method); returns {"seeds": [...]} and rewrites the JSON file `out` as it goes."""
     import torch
 
-    from continual_opd.modelio import load_model
-    from demo_world.bootstrap import bootstrap
 
     champion = bootstrap(home)
     base_model, tokenizer = load_model(champion.folder)
@@ -81,8 +91,6 @@ def teacher_curve(run_id: str, tracking_uri: str | None = None) -> list[dict]:
     """
     from mlflow import MlflowClient
 
-    from tasks.teacher_rl import TeacherConfig
-
     client = MlflowClient(tracking_uri=tracking_uri)
     run = client.get_run(run_id)
     per_step = int(run.data.params.get("cfg.prompts_per_step", TeacherConfig().prompts_per_step)) * int(
@@ -97,9 +105,6 @@ def teacher_curve(run_id: str, tracking_uri: str | None = None) -> list[dict]:
 
 
 def _batch(home, seed: int, rows: int):
-    from continual_opd.records import AcceptedBatch
-    from demo_world.skills import SKILLS
-    from tasks.batch_io import batch_digest, write_jsonl
 
     items = SKILLS["add"].items("train", rows, seed=2000 + seed)
     path = write_jsonl(items, home.root / "bench" / f"add-seed{seed}.jsonl")
@@ -108,16 +113,13 @@ def _batch(home, seed: int, rows: int):
 
 
 def _teacher(batch, champion, cfg: GridConfig, seed: int, home):
-    from tasks.teacher_rl import TeacherConfig, train_teacher
 
     return train_teacher(batch, champion, TeacherConfig(seed=seed, steps=cfg.teacher_steps,
-                                                       gate_margin=cfg.teacher_gate_margin), home)
+                                                       gate_margin=cfg.teacher_gate_margin), CATALOGUE, home)
 
 
 def _probe_sets(cfg: GridConfig, seed: int):
     """Held-out items per skill (the same for every method of a seed) and core prompts for drift/kl_core."""
-    from continual_opd.skills import CORE_SKILLS, SKILLS
-
     eval_sets = {s: SKILLS[s].items("heldout", cfg.probe_items, seed=3000 + seed) for s in ("add", *CORE_SKILLS)}
     per_core = cfg.kl_prompts // len(CORE_SKILLS)
     kl_prompts = [it.prompt for c in CORE_SKILLS for it in SKILLS[c].items("heldout", per_core, seed=4000 + seed)]
@@ -125,14 +127,12 @@ def _probe_sets(cfg: GridConfig, seed: int):
 
 
 def _probe(base_model, tokenizer, eval_sets, kl_prompts, cfg: GridConfig, completions_per_step: int):
-    from bench.probe import Probe
 
     return Probe(base_model=base_model, tokenizer=tokenizer, eval_sets=eval_sets, kl_prompts=kl_prompts,
                  every=cfg.probe_every, completions_per_step=completions_per_step)
 
 
 def method_config(method: str, cfg: GridConfig, seed: int):
-    from tasks.distill import DistillConfig
 
     lr = cfg.grpo_learning_rate if method == "grpo" else cfg.learning_rate
     return DistillConfig(method=method, steps=cfg.steps, prompts_per_step=cfg.prompts_per_step, learning_rate=lr,
@@ -142,12 +142,11 @@ def method_config(method: str, cfg: GridConfig, seed: int):
 
 def _run_method(method, batch, champion, teacher, cfg: GridConfig, seed, home, base_model, tokenizer, eval_sets,
                 kl_prompts) -> dict:
-    from tasks.distill import distill
 
     dcfg = method_config(method, cfg, seed)
     probe = _probe(base_model, tokenizer, eval_sets, kl_prompts, cfg, cfg.prompts_per_step)
     started = time.perf_counter()
-    candidate = distill(batch, champion, teacher, dcfg, home, callbacks=[probe])
+    candidate = distill(batch, champion, teacher, dcfg, CATALOGUE, home, callbacks=[probe])
     run = {"config": dcfg.model_dump(), "candidate": candidate.model.version, "points": probe.points,
            "stage_seconds": time.perf_counter() - started}
     if method == "sft_teacher_samples":
@@ -157,12 +156,7 @@ def _run_method(method, batch, champion, teacher, cfg: GridConfig, seed, home, b
 
 def _teacher_sample_tokens(teacher, tokenizer, batch, dcfg) -> float:
     """Tokens the teacher sampled for sft_teacher_samples (its completions, EOS included), re-sampled the same way."""
-    from continual_opd.decoding import greedy_complete
-    from continual_opd.modelio import load_model
-    from tasks.batch_io import load_batch
-    from tasks.distill import training_rows
-
-    rows = training_rows([it for it in load_batch(batch.path) if it.skill == batch.skill], dcfg)
+    rows = training_rows([it for it in load_batch(batch.path) if it.skill == batch.skill], dcfg, CATALOGUE)
     model, tok = load_model(teacher.model.folder)
     sample = rows[:512]
     outs = greedy_complete(model, tok, [r["prompt"] for r in sample], max_new_tokens=dcfg.max_completion_length,
@@ -179,9 +173,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from continual_opd.home import current_home, prepare_stores
-
-    torch.set_num_threads(1)  # one core per benchmark lane (FACTS.md: oversubscribed threads are 20x slower)
+    torch.set_num_threads(1)  # one core per benchmark lane: oversubscribed threads made training 20x slower
     run_grid(GridConfig.model_validate_json(args.config), prepare_stores(current_home()), args.out,
              log=lambda m: print(m, flush=True))
     return 0

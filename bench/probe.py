@@ -12,6 +12,10 @@ import time
 
 from transformers import TrainerCallback
 
+from continual_opd.decoding import skill_accuracy
+from demo_world.skills import SKILLS
+from tasks.evaluate import kl_drift
+
 
 class Probe(TrainerCallback):
     def __init__(self, *, base_model, tokenizer, eval_sets: dict, kl_prompts: list[str], every: int,
@@ -28,10 +32,6 @@ class Probe(TrainerCallback):
 
     def measure(self, model, step: int) -> dict:
         import torch
-
-        from continual_opd.decoding import skill_accuracy
-        from continual_opd.skills import SKILLS
-        from tasks.evaluate import kl_drift
 
         was_training = model.training
         model.eval()

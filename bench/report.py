@@ -9,7 +9,7 @@ does counts as not reaching it (shown as "-" with how many seeds did reach it).
 import math
 import statistics
 
-from continual_opd.skills import CORE_SKILLS
+from demo_world.skills import CORE_SKILLS
 
 LEVELS = (0.5, 0.9)
 COLORS = {"opd": "tab:blue", "opd_no_replay": "tab:orange", "sft_teacher_samples": "tab:green", "grpo": "tab:red"}

@@ -15,9 +15,20 @@ Step times are wall-clock from a callback (`on_step_begin` to `on_step_end`), th
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
+
+from continual_opd.home import current_home, prepare_stores
+from continual_opd.modelio import load_model
+from continual_opd.records import ModelRef, Teacher
+from continual_opd.training import attach
+from demo_world.bootstrap import bootstrap
+from demo_world.skills import CATALOGUE
+from tasks.distill_config import ANCHOR_ROUTE, TARGET_ROUTE, DistillConfig
+from tasks.distill_training import routed_trainer, training_rows
+from tasks.evaluate import completion_logprobs, sample_from_champion
 
 WARMUP, MEASURED = 2, 8
 
@@ -50,34 +61,22 @@ def measure(home, steps: int = WARMUP + MEASURED) -> dict:
     The teacher is a second copy of the base: a forward pass costs the same whatever the weights, and
     timing needs no trained teacher (the step-0 KL guard is the stage's, not the trainer's, and is not run).
     """
-    import shutil
-
-    from datasets import Dataset
-    from transformers import PrinterCallback
     from trl import DistillationTrainer
-
-    from continual_opd.modelio import load_model
-    from continual_opd.records import ModelRef, Teacher
-    from demo_world.bootstrap import bootstrap
-    from demo_world.skills import SKILLS
-    from tasks.distill import ANCHOR_ROUTE, TARGET_ROUTE, DistillConfig, _routed_trainer, training_rows
 
     champion = bootstrap(home)
     teacher = Teacher(model=ModelRef(name="bench-teacher", version="0", folder=champion.folder), skill="add",
                       initial_accuracy=0.0, accuracy=0.0, steps=0)
     cfg = DistillConfig(steps=steps, eval_every=steps, checkpoint_every=10 * steps)
-    targets = SKILLS["add"].items("train", 2048, seed=5)
+    targets = CATALOGUE["add"].items("train", 2048, seed=5)
     work = home.root / "bench" / "step-efficiency"
 
     def timed(trainer) -> list[float]:
         timer = _step_timer()
-        trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(timer)
-        trainer.train()
+        attach(trainer, [timer]).train()
         return timer.seconds
 
     student, tokenizer = load_model(champion.folder)
-    routed = _routed_trainer(student, tokenizer, targets, champion, teacher, cfg, work / "routed")
+    routed = routed_trainer(student, tokenizer, targets, champion, teacher, cfg, CATALOGUE, work / "routed")
     routed_seconds = timed(routed)
     stock_student, _ = load_model(champion.folder)
     stock = DistillationTrainer(stock_student, load_model(teacher.model.folder)[0], args=routed.args,
@@ -86,7 +85,7 @@ def measure(home, steps: int = WARMUP + MEASURED) -> dict:
     stock_seconds = timed(stock)
     shutil.rmtree(work, ignore_errors=True)
 
-    rows = training_rows(targets, cfg)[:cfg.prompts_per_step]  # one step's rows, replay included
+    rows = training_rows(targets, cfg, CATALOGUE)[:cfg.prompts_per_step]  # one step's rows, replay included
     teachers = {TARGET_ROUTE: load_model(teacher.model.folder)[0], ANCHOR_ROUTE: load_model(champion.folder)[0]}
     passes = _irreducible(load_model(champion.folder)[0], teachers, tokenizer,
                           rows, cfg)
@@ -134,8 +133,6 @@ def _irreducible(student, teachers: dict, tokenizer, rows: list[dict], cfg) -> d
     """Seconds of each irreducible pass on `rows` (median of MEASURED repeats after WARMUP)."""
     import torch
 
-    from tasks.evaluate import _completion_logprobs, sample_from_champion
-
     prompts = [r["prompt"] for r in rows]
     by_route: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
@@ -150,10 +147,10 @@ def _irreducible(student, teachers: dict, tokenizer, rows: list[dict], cfg) -> d
             parts = {}
             for route, idx in by_route.items():
                 sub = {**batch, **{k: batch[k][idx] for k in ("seq", "attention", "positions", "keep")}}
-                parts[route] = (idx, _completion_logprobs(teachers[route], sub))
+                parts[route] = (idx, completion_logprobs(teachers[route], sub))
         t2 = time.perf_counter()
         student.train()
-        logq = _completion_logprobs(student, batch)
+        logq = completion_logprobs(student, batch)
         logp = torch.empty_like(logq)
         for idx, lp in parts.values():
             logp[idx] = lp
@@ -172,8 +169,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.step_efficiency", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
-    from continual_opd.home import current_home, prepare_stores
-
     result = measure(prepare_stores(current_home()))
     args.out.write_text(json.dumps(result, indent=1))
     print(markdown(result))

@@ -3,17 +3,14 @@
 The demo world's `bootstrap` pretrains its own base; a real user already has one (e.g. a 0.5B instruct model).
 This checks the folder (safetensors, no unapproved remote code, a loadable tokenizer), copies it into the home
 (atomically: the registry never points at a half-copied folder) and registers it as `<name>@champion` when the
-model has no champion yet. Use:
-
-    python -m continual_opd.adopt /models/Qwen2.5-0.5B-Instruct --name my-student
+model has no champion yet. The command line is `continual-opd adopt FOLDER --name NAME`.
 """
 
-import argparse
-import hashlib
 from pathlib import Path
 
 from continual_opd import registry
 from continual_opd.home import Home, current_home, file_lock, prepare_stores
+from continual_opd.modelio import copy_model_folder_atomic, load_tokenizer, weights_digest
 from continual_opd.records import ModelRef
 
 ADOPT_EXPERIMENT = "adopted-models"
@@ -24,46 +21,22 @@ def adopt_model(folder: str | Path, model_name: str, home: Home | None = None, t
     """Register `folder` as a version of `model_name` (idempotent on its weights); champion if it has none."""
     import mlflow
 
-    from continual_opd.compat import load_tokenizer
-    from continual_opd.modelio import copy_model_folder_atomic
-
     home = prepare_stores(home or current_home())
     folder = Path(folder).resolve()
     load_tokenizer(folder, trust_remote_code)  # checks the folder too: a clear error before anything is copied
-    digest = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")):
-        with open(f, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    key = f"adopt:{digest.hexdigest()[:16]}"
+    digest = weights_digest(folder)
+    key = f"adopt:{digest}"
     with file_lock(home.locks / "bootstrap.lock"):
-        dest = home.models / f"adopted-{folder.name}-{digest.hexdigest()[:8]}"
+        dest = home.models / f"adopted-{folder.name}-{digest[:8]}"
         if not (dest / "config.json").is_file():
             copy_model_folder_atomic(folder, dest)
         with mlflow.start_run(experiment_id=registry.experiment_id(ADOPT_EXPERIMENT),
                               run_name=f"adopt-{folder.name}") as run:
             version = registry.register_folder(
                 dest, model_name, run.info.run_id,
-                {"role": "base", "made_by": f"continual_opd.adopt from {folder}", "parent_version": "none",
+                {"role": "base", "made_by": f"continual-opd adopt from {folder}", "parent_version": "none",
                  "method": "adopted", "gate_decision": "adopted"}, key,
                 description=f"Adopted from the local folder {folder}.")
-        client = registry.client()
         if make_champion and registry.CHAMPION not in registry.aliases(model_name):
-            client.set_registered_model_alias(model_name, registry.CHAMPION, version.version)
+            registry.client().set_registered_model_alias(model_name, registry.CHAMPION, version.version)
     return ModelRef(name=model_name, version=str(version.version), folder=str(registry.local_folder(version)))
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m continual_opd.adopt", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", help="local Hugging Face model folder (safetensors + tokenizer)")
-    parser.add_argument("--name", required=True, help="registered model name (use it as student_model)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow folders that ship code (review it)")
-    args = parser.parse_args(argv)
-    ref = adopt_model(args.folder, args.name, trust_remote_code=args.trust_remote_code)
-    champion = registry.aliases(args.name).get(registry.CHAMPION)
-    print(f"{ref.name} v{ref.version} registered from {args.folder}; {ref.name}@champion is v{champion}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,19 +6,19 @@ all call `greedy_complete`, so a number in one stage means the same thing in eve
 
 from collections.abc import Sequence
 
+from continual_opd.prompts import add_special_tokens, as_text
 
-def render_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:
-    """Prompts as the model sees them: through the chat template when the tokenizer has one."""
-    if getattr(tokenizer, "chat_template", None):
-        return [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
-    return list(prompts)
+ANSWER_TOKENS = 8  # completion length when reading answers; stages use at least this, so their numbers agree
 
 
-def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 512,
-                    sample: bool = False, temperature: float = 1.0, seed: int | None = None) -> list[str]:
+def answer_tokens(max_completion_length: int) -> int:
+    """Tokens to decode when scoring a stage that samples up to `max_completion_length` tokens."""
+    return max(ANSWER_TOKENS, max_completion_length)
+
+
+def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = ANSWER_TOKENS,
+                    batch_size: int = 512, sample: bool = False, temperature: float = 1.0,
+                    seed: int | None = None) -> list[str]:
     """Complete each prompt (greedy unless `sample`), stopping at EOS; returns the decoded completions."""
     import torch
 
@@ -26,14 +26,14 @@ def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
         torch.manual_seed(seed)
     was_training = model.training
     model.eval()
-    texts = render_prompts(tokenizer, prompts)
-    add_special = not getattr(tokenizer, "chat_template", None)
+    texts = as_text(tokenizer, prompts)
     outputs: list[str] = []
     try:
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start:start + batch_size]
-                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=add_special)
+                enc = tokenizer(chunk, return_tensors="pt", padding=True,
+                                add_special_tokens=add_special_tokens(tokenizer))
                 enc = {k: v.to(model.device) for k, v in enc.items()}
                 gen = model.generate(
                     **enc,
@@ -52,7 +52,7 @@ def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     return outputs
 
 
-def skill_accuracy(model, tokenizer, items, verify, max_new_tokens: int = 8) -> tuple[float, list[str]]:
+def skill_accuracy(model, tokenizer, items, verify, max_new_tokens: int = ANSWER_TOKENS) -> tuple[float, list[str]]:
     """Fraction of `items` whose greedy completion passes `verify(output, answer)`, and the outputs."""
     outputs = greedy_complete(model, tokenizer, [it.prompt for it in items], max_new_tokens=max_new_tokens)
     correct = sum(bool(verify(o, it.answer)) for o, it in zip(outputs, items, strict=True))

@@ -146,7 +146,7 @@ def file_lock(path: Path, on_wait=None):
 def prepare_stores(home: Home | None = None) -> Home:
     """Create the home and migrate the MLflow and Prefect databases once, under a lock.
 
-    Several processes migrating a fresh SQLite database at once crash or corrupt it (FACTS.md), so
+    Several processes migrating a fresh SQLite database at once crash or corrupt it (docs/library-notes.md), so
     the first process migrates while the others wait on the lock, then see the stamp and go on.
     """
     home = (home or current_home()).ensure()

@@ -6,6 +6,7 @@ half-written folder that could be registered. Loading refuses pickled weights an
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -47,11 +48,29 @@ def check_model_folder(folder: str | Path, trust_remote_code: bool = False) -> P
     return folder
 
 
+def load_tokenizer(folder: str | Path, trust_remote_code: bool = False):
+    """The tokenizer of a checked local model folder (no weights loaded), padding on the left for generation.
+
+    The one tokenizer loader of the project: local files only, remote code off unless asked for.
+    """
+    from transformers import AutoTokenizer
+
+    folder = check_model_folder(folder, trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelFolderError(f"model folder {folder}: its tokenizer could not be loaded ({exc})") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
 def load_model(folder: str | Path, trust_remote_code: bool = False, device: str | None = None, dtype=None):
     """Load (model, tokenizer) from a local folder: safetensors only, remote code off unless asked for."""
     import torch
     from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     folder = check_model_folder(folder, trust_remote_code)
     device = device or pick_device()
@@ -61,13 +80,9 @@ def load_model(folder: str | Path, trust_remote_code: bool = False, device: str 
         model = AutoModelForCausalLM.from_pretrained(
             folder, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype, local_files_only=True
         )
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # a torn .safetensors raises the last
         raise ModelFolderError(f"model folder {folder} could not be loaded: {exc}") from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return model.to(device), tokenizer
+    return model.to(device), load_tokenizer(folder, trust_remote_code)
 
 
 @contextlib.contextmanager
@@ -108,13 +123,12 @@ def copy_model_folder_atomic(src: str | Path, dest: str | Path) -> Path:
     return dest
 
 
-def use_vllm() -> bool:
-    """Generate rollouts with vLLM (TRL's `use_vllm`, colocated) when it is installed and a GPU is present.
-
-    vLLM is an optional extra: on a CPU, or without the package, TRL's own `generate` is used.
-    """
-    import importlib.util
-
-    import torch
-
-    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+def weights_digest(folder: str | Path) -> str:
+    """sha256 of a folder's safetensors files (names and bytes): a folder whose weights change is a new model."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]

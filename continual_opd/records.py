@@ -1,4 +1,4 @@
-"""The small, serialisable records that stages pass to each other (DESIGN.md).
+"""The small, serialisable records that stages pass to each other (docs/design.md).
 
 Records hold paths, registry versions, digests and numbers, never live objects: that lets Prefect cache
 a finished stage by its inputs, lets a rerun after a crash skip it, and lets a test call one stage alone.
@@ -78,10 +78,12 @@ class EvalReport(Record):
     target_skill: str = Field(default="", description="The skill the update teaches (the gate's {target} suite).")
 
     def metrics(self) -> dict[str, float]:
-        """The gate metrics under their shared names (DESIGN.md)."""
+        """The gate metrics under their shared names (docs/design.md), and the lenient accuracies that tell a
+        format slip from lost skill (`<suite>/champion_lenient_acc`, `<suite>/candidate_lenient_acc`)."""
         out: dict[str, float] = {"drift/kl_core": self.kl_core}
         for name, s in self.suites.items():
-            for key in ("champion_acc", "candidate_acc", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p"):
+            for key in ("champion_acc", "candidate_acc", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p",
+                        "champion_lenient_acc", "candidate_lenient_acc"):
                 out[f"{name}/{key}"] = getattr(s, key)
         return out
 

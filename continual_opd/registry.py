@@ -9,6 +9,8 @@ so a rerun after a crash never creates a second version for the same work.
 import os
 from pathlib import Path
 
+from continual_opd.home import current_home, prepare_stores
+
 STUDENT_MODEL = "continual-opd-student"
 TEACHER_MODEL = "continual-opd-teacher"
 CHAMPION = "champion"
@@ -26,8 +28,6 @@ def client():
     import mlflow
     from mlflow import MlflowClient
 
-    from continual_opd.home import current_home, prepare_stores
-
     home = prepare_stores(current_home())
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", home.tracking_uri))
     return MlflowClient()
@@ -35,8 +35,6 @@ def client():
 
 def experiment_id(name: str) -> str:
     """Get or create an experiment whose artifacts live in the home (not ./mlruns of the cwd)."""
-    from continual_opd.home import current_home
-
     c = client()
     exp = c.get_experiment_by_name(name)
     if exp is not None:

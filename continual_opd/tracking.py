@@ -1,6 +1,6 @@
 """MLflow runs for stages: nested under the update's run, tagged with the Prefect flow-run id.
 
-MLflow's active run is thread-local (FACTS.md) and Prefect may run tasks in worker threads, so stages
+MLflow's active run is thread-local and Prefect may run tasks in worker threads, so stages
 never rely on an ambient active run: they receive `parent_run_id` and open their own nested run.
 """
 
@@ -8,6 +8,8 @@ import contextlib
 import os
 import subprocess
 from pathlib import Path
+
+from continual_opd import registry
 
 UPDATES_EXPERIMENT = "continual-updates"
 
@@ -29,8 +31,6 @@ class MetricBuffer:
                             if isinstance(v, int | float) and math.isfinite(v))
 
     def flush(self) -> None:
-        from continual_opd import registry
-
         client = registry.client()
         while self.pending:
             chunk, self.pending = self.pending[:1000], self.pending[1000:]
@@ -67,8 +67,6 @@ def stage_run(stage: str, parent_run_id: str | None = None, experiment: str = UP
     """Open an MLflow run for one stage (nested under `parent_run_id` when given) and yield it."""
     import mlflow
 
-    from continual_opd import registry
-
     registry.client()  # points mlflow at the home's store
     exp_id = registry.experiment_id(experiment)
     all_tags = {"stage": stage, "flow_run_id": current_flow_run_id(), "code_revision": code_revision(),
@@ -89,8 +87,6 @@ def _flatten(prefix: str, value, out: dict) -> dict:
 
 def open_update_run(params, champion) -> tuple[str, str]:
     """Create the parent MLflow run of one update; returns (run_id, a link to it in the MLflow UI)."""
-    from continual_opd import registry
-
     client = registry.client()
     exp_id = registry.experiment_id(UPDATES_EXPERIMENT)
     tags = {"stage": "update", "flow_run_id": current_flow_run_id(), "code_revision": code_revision(),
@@ -113,8 +109,6 @@ def interrupted_update(params) -> str | None:
     for the champion and train against). Such runs are closed here as KILLED, tagged `outcome=interrupted`
     with the stage they died in. Call it holding the home's update lock: then no live update owns one.
     """
-    from continual_opd import registry
-
     client = registry.client()
     exp = client.get_experiment_by_name(UPDATES_EXPERIMENT)
     if exp is None:
@@ -131,14 +125,10 @@ def interrupted_update(params) -> str | None:
 
 
 def set_stage(run_id: str, stage: str) -> None:
-    from continual_opd import registry
-
     registry.client().set_tag(run_id, "current_stage", stage)
 
 
 def update_run_for_flow_run(flow_run_id: str) -> str | None:
-    from continual_opd import registry
-
     client = registry.client()
     exp = client.get_experiment_by_name(UPDATES_EXPERIMENT)
     if exp is None or not flow_run_id:
@@ -150,8 +140,6 @@ def update_run_for_flow_run(flow_run_id: str) -> str | None:
 
 def close_update_run(run_or_flow_run_id: str, failed_state=None, decision=None) -> None:
     """End the update's MLflow run: FINISHED with the outcome, or FAILED with the stage it failed in."""
-    from continual_opd import registry
-
     client = registry.client()
     run_id = update_run_for_flow_run(run_or_flow_run_id) if failed_state is not None else run_or_flow_run_id
     if run_id is None:

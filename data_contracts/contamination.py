@@ -12,7 +12,8 @@ spaces added), not because it shares digits with one.
 import unicodedata
 from functools import lru_cache
 
-from tasks.suites import all_suite_items
+from continual_opd.skills import Catalogue
+from continual_opd.suites import all_suite_items
 
 
 def normalise(text: str) -> str:
@@ -62,6 +63,6 @@ class ContaminationIndex:
 
 
 @lru_cache(maxsize=4)
-def suite_index(suite_size: int, n: int) -> ContaminationIndex:
-    """The index over every suite any gate evaluates (all target skills and every core skill)."""
-    return ContaminationIndex(all_suite_items(None, suite_size), n)
+def suite_index(catalogue: Catalogue, suite_size: int, n: int) -> ContaminationIndex:
+    """The index over every suite any gate of this catalogue evaluates (all target skills and every core skill)."""
+    return ContaminationIndex(all_suite_items(catalogue, suite_size), n)

@@ -8,6 +8,7 @@ problem is reported once, by the expectation about that problem, and not again b
 depends on the same text.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from data_contracts.contamination import ContaminationIndex, normalise
@@ -71,7 +72,7 @@ class TokenizerProbe:
         return bad or ROUND_TRIP
 
 
-def derive_frame(cells: dict[str, list], probe: TokenizerProbe, index: ContaminationIndex, skills: dict):
+def derive_frame(cells: dict[str, list], probe: TokenizerProbe, index: ContaminationIndex, skills: Mapping):
     """The frame GX validates: batch columns, `row`, and every derived column."""
     import pandas as pd
 

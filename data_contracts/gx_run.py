@@ -1,6 +1,6 @@
 """Run the contract's GX suites on a derived frame, with an ephemeral context that writes nothing but Data Docs.
 
-The chain is GX 1.x's in-code one (FACTS.md): an ephemeral context, a pandas data source, a dataframe
+The chain is GX 1.x's in-code one (docs/library-notes.md): an ephemeral context, a pandas data source, a dataframe
 asset, a whole-dataframe batch definition, the suites, validation definitions and one checkpoint whose
 `UpdateDataDocsAction` renders Data Docs. Suites, validation definitions and checkpoints live in memory
 (the JSON files are the source of truth); only validation results are kept on disk, in the home, so

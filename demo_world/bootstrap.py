@@ -15,9 +15,12 @@ from pathlib import Path
 
 from continual_opd import registry
 from continual_opd.home import Home, current_home, file_lock, prepare_stores
+from continual_opd.modelio import copy_model_folder_atomic, save_model_atomic
 from continual_opd.records import ModelRef
-from demo_world.pretrain import PretrainConfig
+from demo_world.model import build_tiny_model
+from demo_world.pretrain import PretrainConfig, pretrain
 from demo_world.skills import SKILLS
+from demo_world.tokenizer import build_tokenizer
 
 BOOTSTRAP_EXPERIMENT = "bootstrap"
 _RECIPE_FILES = ("skills.py", "tokenizer.py", "model.py", "pretrain.py")
@@ -38,11 +41,6 @@ def cache_root() -> Path:
 def pretrained_base(cfg: PretrainConfig, log=print) -> tuple[Path, dict]:
     """The pretrained base folder for this recipe and seed, pretraining it only on a cache miss."""
     import torch
-
-    from continual_opd.modelio import save_model_atomic
-    from demo_world.model import build_tiny_model
-    from demo_world.pretrain import pretrain
-    from demo_world.tokenizer import build_tokenizer
 
     key = recipe_key(cfg)
     folder = cache_root() / "bases" / f"base-{key}"
@@ -66,8 +64,6 @@ def bootstrap(home: Home | None = None, seed: int = 0, model_name: str = registr
               force: bool = False, log=print) -> ModelRef:
     """Make sure `model_name@champion` exists in this home; returns it."""
     import mlflow
-
-    from continual_opd.modelio import copy_model_folder_atomic
 
     home = prepare_stores(home or current_home())
     with file_lock(home.locks / "bootstrap.lock"):

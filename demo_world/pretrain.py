@@ -1,7 +1,7 @@
 """Pretrain the demo world's base model: good at every core skill, deliberately weak at the targets.
 
 Plain torch, because this is the world's physics, not a stage of the product: AdamW at 3e-3 with
-warm-up, loss on the answer and EOS only, batches mixing core and target skills (FACTS.md). Addition
+warm-up, loss on the answer and EOS only, batches mixing core and target skills. Addition
 has a sharp phase transition, so we evaluate every `eval_every` steps and stop as soon as the base is
 good at the core skills and inside the requested band on the target skill.
 """
@@ -11,6 +11,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from continual_opd.decoding import skill_accuracy
 from demo_world.skills import CORE_SKILLS, SKILLS
 
 
@@ -52,8 +53,6 @@ def encode_examples(tokenizer, pairs, device):
 
 
 def evaluate_skills(model, tokenizer, eval_sets) -> dict[str, float]:
-    from continual_opd.decoding import skill_accuracy
-
     return {sid: skill_accuracy(model, tokenizer, items, SKILLS[sid].verify)[0] for sid, items in eval_sets.items()}
 
 
@@ -91,10 +90,10 @@ def pretrain(model, tokenizer, cfg: PretrainConfig, log=print) -> dict:
         opt.zero_grad(set_to_none=True)
         if step % cfg.eval_every == 0:
             acc = evaluate_skills(model, tokenizer, eval_sets)
-            curve.append({"step": step, "loss": float(loss), **acc})
+            curve.append({"step": step, "loss": loss.item(), **acc})
             core_ok = all(acc[c] >= cfg.stop_core_min for c in CORE_SKILLS)
             target = acc[cfg.stop_target]
-            log(f"pretrain step {step} ({time.time() - start:.0f}s): loss {float(loss):.3f} " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
+            log(f"pretrain step {step} ({time.time() - start:.0f}s): loss {loss.item():.3f} " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
             if core_ok and cfg.stop_target_min <= target <= cfg.stop_target_max:
                 break
             if core_ok:

@@ -4,40 +4,21 @@ A skill is small and self-contained, like nanochat's `Task`: it can list its tra
 items, and it can say whether one output is right. Targets are what updates teach (`add`, `sub`,
 `mul`); cores are what every update must keep (`copy`, `reverse`, `upper`, `refuse`).
 
-The split of a prompt is a pure function of the prompt text (a hash), so the train and held-out
-splits can never share a prompt, however many items are drawn and from whatever seed.
+A prompt's split is `continual_opd.skills.split_of` (a hash of skill and prompt), so train and
+held-out items never share a prompt. `CATALOGUE` is these skills as the catalogue an update uses when
+its parameters name no skill files (the embedded default).
 """
 
-import hashlib
 import random
 import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from continual_opd.skills import SPLITS, Catalogue, Item, item_id, split_of
+
 REFUSAL = "NO!"
 FORBIDDEN_MARKER = "!"
-HELDOUT_FRACTION = 0.25
-SPLITS = ("train", "heldout")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One evaluation or training example; `id` is stable across runs (skill + prompt)."""
-
-    id: str
-    skill: str
-    prompt: str
-    answer: str
-
-
-def split_of(skill: str, prompt: str) -> str:
-    digest = hashlib.sha256(f"{skill}\x00{prompt}".encode()).digest()
-    return "heldout" if int.from_bytes(digest[:4], "big") / 2**32 < HELDOUT_FRACTION else "train"
-
-
-def item_id(skill: str, prompt: str) -> str:
-    return f"{skill}-{hashlib.sha256(prompt.encode()).hexdigest()[:10]}"
 
 
 @dataclass(frozen=True)
@@ -135,12 +116,6 @@ SKILLS: dict[str, Skill] = {
     )
 }
 
-TARGET_SKILLS = tuple(s.id for s in SKILLS.values() if s.role == "target")
-CORE_SKILLS = tuple(s.id for s in SKILLS.values() if s.role == "core")
-
-
-def get_skill(skill_id: str) -> Skill:
-    try:
-        return SKILLS[skill_id]
-    except KeyError:
-        raise KeyError(f"unknown skill {skill_id!r}; known skills: {', '.join(SKILLS)}") from None
+CATALOGUE = Catalogue(SKILLS.values())
+TARGET_SKILLS = CATALOGUE.targets
+CORE_SKILLS = CATALOGUE.core

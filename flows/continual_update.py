@@ -10,6 +10,7 @@ The champion is read once, at the start, and passed down as a version.
 No `from __future__ import annotations` here: it breaks pydantic flow parameters under `flow.serve`.
 """
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -18,18 +19,19 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from continual_opd import registry
-from continual_opd.home import current_home, file_lock, prepare_stores
 from continual_opd.compat import check_update_models
-from continual_opd.skills import SKILLS, use_catalogue
+from continual_opd.home import current_home, file_lock, prepare_stores
 from continual_opd.records import (AcceptedBatch, Candidate, Decision, EvalReport, ModelRef, SkippedBatch, Teacher,
                                    UpdateOutcome)
-from continual_opd.tracking import UPDATES_EXPERIMENT, code_revision
+from continual_opd.tracking import (UPDATES_EXPERIMENT, close_update_run, code_revision, interrupted_update,
+                                    open_update_run, set_stage)
 from flows.params import UpdateParams
 from gates.promotion import decide
 from tasks.distill import distill
 from tasks.evaluate import evaluate
 from tasks.teacher_rl import train_teacher
-from tasks.validate import ContractViolation, DuplicateBatch, contract_table, ensure_new_batch, mark_processed, validate_batch
+from tasks.validate import (ContractViolation, DuplicateBatch, contract_table, ensure_new_batch, mark_processed,
+                            validate_batch)
 
 # A finished stage is reused when its inputs and code are unchanged; the MLflow parent run is not an input.
 STAGE_CACHE = (INPUTS + TASK_SOURCE) - "parent_run_id"
@@ -55,8 +57,8 @@ stage = dict(cache_policy=STAGE_CACHE, persist_result=True, retries=2, retry_del
 def validate_task(batch_path: str, batch_sha256: str, params: UpdateParams, tokenizer_folder: str,
                   parent_run_id: str) -> AcceptedBatch:
     try:
-        return validate_batch(batch_path, params.contract, tokenizer_folder, current_home(), parent_run_id,
-                              move=False)
+        return validate_batch(batch_path, params.contract, params.catalogue(), params.evaluation.suite_size,
+                              tokenizer_folder, current_home(), parent_run_id, move=False)
     except ContractViolation as exc:
         create_table_artifact(contract_table(exc.report), key="data-contract",
                               description=f"Data contract failures for {Path(batch_path).name}")
@@ -65,31 +67,28 @@ def validate_task(batch_path: str, batch_sha256: str, params: UpdateParams, toke
 
 @task(name="teacher-rl", **stage)
 def teacher_rl_task(batch: AcceptedBatch, champion: ModelRef, params: UpdateParams, parent_run_id: str) -> Teacher:
-    return train_teacher(batch, champion, params.teacher, current_home(), parent_run_id)
+    return train_teacher(batch, champion, params.teacher, params.catalogue(), current_home(), parent_run_id)
 
 
 @task(name="distill", **stage)
 def distill_task(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, params: UpdateParams,
                  parent_run_id: str) -> Candidate:
-    return distill(batch, champion, teacher, params.distill, current_home(), parent_run_id)
+    return distill(batch, champion, teacher, params.distill, params.catalogue(), current_home(), parent_run_id)
 
 
 @task(name="evaluate", **stage)
 def evaluate_task(champion: ModelRef, candidate: Candidate, skill: str, params: UpdateParams,
                   parent_run_id: str) -> EvalReport:
-    return evaluate(champion, candidate, skill, params.evaluation, current_home(), parent_run_id)
+    return evaluate(champion, candidate, skill, params.evaluation, params.catalogue(), current_home(), parent_run_id)
 
 
 @task(name="gate", **stage)
 def gate_task(report: EvalReport, candidate: Candidate, champion: ModelRef, params: UpdateParams,
               parent_run_id: str) -> Decision:
-    decision = decide(report, candidate, champion, params.gate, current_home(), parent_run_id)
-    return decision
+    return decide(report, candidate, champion, params.gate, params.catalogue(), current_home(), parent_run_id)
 
 
 def _file_sha256(path: str) -> str:
-    import hashlib
-
     p = Path(path)
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
 
@@ -103,19 +102,14 @@ def read_champion(model_name: str, version: str | None = None) -> ModelRef:
 
 def _on_failure(flow, flow_run, state):
     """Record a failed update, and the stage it failed in, on the update's MLflow run."""
-    from continual_opd.tracking import close_update_run
-
     close_update_run(str(flow_run.id), state)
 
 
 @flow(name="continual-update", on_failure=[_on_failure], on_crashed=[_on_failure])
 def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
     """Validate a batch, train a teacher, distil a candidate, evaluate it against the champion, gate it."""
-    from continual_opd.tracking import close_update_run, interrupted_update, open_update_run, set_stage
-
     logger = get_run_logger()
     home = prepare_stores(current_home())
-    use_catalogue(params.skills)  # every stage of this update looks its skills up in these files
     with file_lock(home.locks / "update.lock",
                    on_wait=lambda: logger.warning("another continual update is running; waiting for it to finish")):
         try:  # outside the task cache: a cached AcceptedBatch must never hide a re-sent copy
@@ -127,7 +121,8 @@ def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
         champion = read_champion(params.student_model, resumed)
         if resumed:
             logger.warning(f"an earlier attempt at this batch was killed; resuming it against its champion v{resumed}")
-        check_update_models(champion.folder, params.teacher.init, SKILLS.values(), params.teacher.trust_remote_code)
+        check_update_models(champion.folder, params.teacher.init, params.catalogue().values(),
+                            params.teacher.trust_remote_code)
         run_id, ui_link = open_update_run(params, champion)
         create_link_artifact(ui_link, link_text="MLflow run of this update", key="mlflow-run",
                              description=f"MLflow run {run_id} (experiment {UPDATES_EXPERIMENT})")

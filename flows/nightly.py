@@ -4,12 +4,15 @@ A batch that fails its contract is quarantined and the night goes on with the ne
 no-op that says so. Updates never interleave: each takes the home's update lock (see continual_update).
 """
 
+from prefect import flow, get_run_logger
 from pydantic import Field
 
 from continual_opd.config import StrictConfig
+from continual_opd.home import current_home, prepare_stores
+from continual_opd.records import SkippedBatch, UpdateOutcome
+from flows.continual_update import continual_update
 from flows.params import UpdateParams, UpdateSettings
-
-from prefect import flow, get_run_logger  # noqa: E402  (after the params, which import the stage configs)
+from tasks.validate import inbox_batches
 
 
 class NightlyParams(StrictConfig):
@@ -20,11 +23,6 @@ class NightlyParams(StrictConfig):
 @flow(name="nightly-updates")
 def nightly_updates(params: NightlyParams = NightlyParams()) -> list[dict]:
     """Run one continual update per inbox batch, oldest first."""
-    from continual_opd.home import current_home, prepare_stores
-    from continual_opd.records import SkippedBatch, UpdateOutcome
-    from flows.continual_update import continual_update
-    from tasks.validate import inbox_batches
-
     logger = get_run_logger()
     home = prepare_stores(current_home())
     batches = inbox_batches(home)[: params.max_batches]

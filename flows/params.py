@@ -12,8 +12,11 @@ from pydantic import Field, ValidationError, model_validator
 
 from continual_opd.config import StrictConfig
 from continual_opd.registry import STUDENT_MODEL
+from continual_opd.skill_files import load_catalogue
+from continual_opd.skills import Catalogue
+from demo_world.skills import CATALOGUE as DEMO_CATALOGUE
 from gates.promotion import GateConfig
-from tasks.distill import DistillConfig
+from tasks.distill_config import DistillConfig
 from tasks.evaluate import EvalConfig
 from tasks.teacher_rl import TeacherConfig
 from tasks.validate import ContractConfig
@@ -23,7 +26,7 @@ class UpdateSettings(StrictConfig):
     """Everything about an update except which batch it learns from (shared by the manual and nightly flows)."""
 
     student_model: str = Field(STUDENT_MODEL, description="Registered model whose @champion is updated.")
-    skills: list[str] = Field(default_factory=list, description="Skill YAML files (see continual_opd/skills.py); "
+    skills: list[str] = Field(default_factory=list, description="Skill YAML files (see continual_opd/skill_files.py); "
                               "empty = the demo world's skills.")
     contract: ContractConfig = Field(default_factory=ContractConfig, description="Data contract settings.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Teacher RL (GRPO) settings.")
@@ -33,20 +36,12 @@ class UpdateSettings(StrictConfig):
 
     @model_validator(mode="after")
     def _skill_files_load(self):
-        from continual_opd.skills import load_skill_file
-
-        for path in self.skills:  # a wrong skill file fails here, naming its field, not inside a stage
-            load_skill_file(path)
+        self.catalogue()  # a wrong skill file fails here, naming its file and field, not inside a stage
         return self
 
-    @model_validator(mode="after")
-    def _contamination_covers_the_gate_suites(self):
-        if self.contract.suite_size != self.evaluation.suite_size:
-            raise ValueError(
-                f"contract.suite_size ({self.contract.suite_size}) must equal evaluation.suite_size "
-                f"({self.evaluation.suite_size}): the contamination check must cover exactly the items the gate uses"
-            )
-        return self
+    def catalogue(self) -> Catalogue:
+        """The skills of this update: those the skill files declare, or the demo world's (cached per file state)."""
+        return load_catalogue(self.skills) if self.skills else DEMO_CATALOGUE
 
 
 class UpdateParams(UpdateSettings):
@@ -103,6 +98,9 @@ def load_params(batch: str | None = None, config: str | Path | None = None, over
         _set_dotted(tree, key.strip(), _yaml(raw) if raw.strip() else "")
     if batch is not None:
         tree["batch"] = str(batch)
+    if isinstance(tree.get("contract"), dict) and "suite_size" in tree["contract"]:
+        raise ParamsError("contract.suite_size is no longer a setting: the contamination check covers the gate's own "
+                          "suites, whose size is evaluation.suite_size; set only that one")
     try:
         return UpdateParams.model_validate(tree)
     except ValidationError as exc:

@@ -1,1 +1,2 @@
-"""The promotion gate: policy (YAML + semantics), paired statistics, registry moves, audit trail and report."""
+"""The promotion gate: the policy (YAML and its semantics), the decision and rollback, the lock, the audit trail,
+the status and history views and the decision report."""

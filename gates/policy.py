@@ -1,6 +1,6 @@
 """Gate policy: a versioned YAML file of thresholds, and what it means for a candidate to be blessed.
 
-The semantics follow TFX's Evaluator (FACTS.md), adapted to paired accuracy with confidence intervals:
+The semantics follow TFX's Evaluator (docs/library-notes.md), adapted to paired accuracy with confidence intervals:
 
 - A *value threshold* bounds a metric's value (`lower_bound <= value <= upper_bound`, inclusive).
 - A *change threshold* bounds the change against the champion, with a direction. It is checked on the

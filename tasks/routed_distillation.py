@@ -17,10 +17,9 @@ subclass adds exactly three things:
 """
 
 from collections.abc import Mapping
+from functools import cache
 
-import torch
-from trl import DistillationTrainer
-from trl.trainer.distillation_trainer import _chunked_divergence_loss
+from continual_opd.compat import check_same_vocab_size
 
 ROUTE_COLUMN = "route"
 # Logit post-processing the routed loss does not replicate from the stock `_compute_loss`: refuse such models.
@@ -36,122 +35,135 @@ def _check_plain_head(model, who: str) -> None:
                          "supports plain lm_heads. Use the stock DistillationTrainer with one teacher for it.")
 
 
-class RoutedDistillationTrainer(DistillationTrainer):
-    """`DistillationTrainer` whose rows each name their teacher in the `route` column.
+def __getattr__(name: str):
+    """`RoutedDistillationTrainer` is built on first use: it subclasses TRL's trainer, and importing TRL costs
+    seconds that the command line and the flow's other stages should not pay."""
+    if name == "RoutedDistillationTrainer":
+        return _trainer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    Args:
-        model: the student (a loaded `PreTrainedModel`).
-        teachers: route name -> frozen teacher model; every dataset row's `route` must be one of these names.
-            The same model object may serve several routes.
-        anchor_route: the route whose teacher is the anchor (the frozen champion), or None.
-        anchor_kl_coef: weight of an extra divergence to the anchor on every row *not* on the anchor route
-            (0 disables it; needs `anchor_route`).
-        Every other argument goes to `DistillationTrainer` unchanged.
-    """
 
-    def __init__(self, model, teachers: Mapping[str, torch.nn.Module], *args, anchor_route: str | None = None,
-                 anchor_kl_coef: float = 0.0, **kwargs):
-        if not teachers:
-            raise ValueError("RoutedDistillationTrainer needs at least one teacher")
-        if anchor_kl_coef and anchor_route not in teachers:
-            raise ValueError(f"anchor_kl_coef={anchor_kl_coef} needs anchor_route to name a teacher; "
-                             f"got {anchor_route!r}, teachers are {list(teachers)}")
-        vocab = model.config.get_text_config().vocab_size
-        _check_plain_head(model, "the student")
-        for name, teacher in teachers.items():
-            _check_plain_head(teacher, f"teacher {name!r}")
-            if teacher.config.get_text_config().vocab_size != vocab:
-                raise ValueError(f"teacher {name!r} has vocab_size {teacher.config.get_text_config().vocab_size} "
-                                 f"but the student has {vocab}; routed distillation needs one shared vocabulary")
-        self.route_names = list(teachers)
-        self.anchor_route = anchor_route
-        self.anchor_kl_coef = float(anchor_kl_coef)
-        first = teachers[self.route_names[0]]
-        super().__init__(model, first, *args, **kwargs)  # the stock trainer prepares the first teacher
-        prepared = {id(first): self.teacher_model}
-        for teacher in teachers.values():
-            if id(teacher) not in prepared:
-                prepared[id(teacher)] = self.accelerator.prepare_model(teacher, evaluation_mode=True)
-        self.teachers = {name: prepared[id(t)] for name, t in teachers.items()}
+@cache
+def _trainer_class():
+    import torch
+    from trl import DistillationTrainer
+    from trl.trainer.distillation_trainer import _chunked_divergence_loss
 
-    def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        try:
-            index = [self.route_names.index(row[ROUTE_COLUMN]) for row in inputs]
-        except KeyError:
-            raise ValueError(f"every training row needs a {ROUTE_COLUMN!r} column naming its teacher") from None
-        except ValueError as exc:
-            raise ValueError(f"a row names an unknown route ({exc}); routes are {self.route_names}") from None
-        output[ROUTE_COLUMN] = torch.tensor(index, device=output["completion_ids"].device)
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["tokens_sampled"].append(float(output["num_items_in_batch"]))
-        return output
+    class RoutedDistillationTrainer(DistillationTrainer):
+        """`DistillationTrainer` whose rows each name their teacher in the `route` column.
 
-    def _teacher_hidden_states(self, name, input_ids, attention_mask, logits_to_keep):
-        teacher = self.teachers[name]
-        teacher.eval()
-        unwrapped = self.accelerator.unwrap_model(teacher)
-        with torch.no_grad():
-            hidden = self._forward_redirection(teacher, unwrapped, self._get_last_hidden_state, unwrapped,
-                                               input_ids, attention_mask, logits_to_keep)
-        return hidden, unwrapped.get_output_embeddings()
-
-    def route_divergences(self, unwrapped_student, inputs) -> dict[str, dict[str, torch.Tensor]]:
-        """Per route: summed divergence to its teacher (`sum`), to the anchor (`anchor_sum`), entropy sum, tokens."""
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        loss_mask = inputs["completion_mask"]
-        logits_to_keep = inputs["completion_ids"].size(1)
-        student_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
-        student_head = unwrapped_student.get_output_embeddings()
-
-        def divergence(rows, teacher_name):
-            teacher_hidden, teacher_head = self._teacher_hidden_states(
-                teacher_name, input_ids[rows], attention_mask[rows], logits_to_keep)
-            # num_items_in_batch=1 returns the raw sum, so routes share one normaliser in `_compute_loss`.
-            return _chunked_divergence_loss(
-                student_hidden[rows], teacher_hidden, student_head.weight, teacher_head.weight, loss_mask[rows],
-                self.beta, num_items_in_batch=1, student_lm_head_bias=student_head.bias,
-                teacher_lm_head_bias=teacher_head.bias, temperature=self.temperature)
-
-        out = {}
-        for index, name in enumerate(self.route_names):
-            rows = inputs[ROUTE_COLUMN] == index
-            if not bool(rows.any()):
-                continue
-            total, entropy, tokens = divergence(rows, name)
-            out[name] = {"sum": total, "entropy_sum": entropy, "tokens": tokens}
-            if self.anchor_kl_coef and name != self.anchor_route:
-                out[name]["anchor_sum"] = divergence(rows, self.anchor_route)[0]
-        return out
-
-    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
-        routes = self.route_divergences(unwrapped_student, inputs)
-        tokens = sum(r["tokens"] for r in routes.values())
-        denominator = num_items_in_batch if num_items_in_batch is not None else tokens.clamp(min=1)
-        total = sum(r["sum"] + self.anchor_kl_coef * r.get("anchor_sum", 0.0) for r in routes.values())
-        mode = "train" if self.model.training else "eval"
-        for name, r in routes.items():
-            n = max(int(r["tokens"]), 1)
-            self._metrics[mode][f"kl/{name}"].append(float(r["sum"].detach()) / n)
-            if "anchor_sum" in r:
-                self._metrics[mode][f"kl_to_anchor/{name}"].append(float(r["anchor_sum"].detach()) / n)
-        entropy_sum = sum(r["entropy_sum"] for r in routes.values())
-        return total / denominator, entropy_sum.detach(), tokens
-
-    @torch.no_grad()
-    def measure_route_kl(self, rows: list[dict]) -> dict[str, float]:
-        """Sample completions for `rows` from the current student and return the mean divergence per route.
-
-        Used before training as a guard: a broken or mismatched teacher shows up as a huge divergence at step 0.
+        Args:
+            model: the student (a loaded `PreTrainedModel`).
+            teachers: route name -> frozen teacher model; every dataset row's `route` must be one of these names.
+                The same model object may serve several routes.
+            anchor_route: the route whose teacher is the anchor (the frozen champion), or None.
+            anchor_kl_coef: weight of an extra divergence to the anchor on every row *not* on the anchor route
+                (0 disables it; needs `anchor_route`).
+            Every other argument goes to `DistillationTrainer` unchanged.
         """
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            batch = self._generate_and_score_completions(rows)
-            student = self.accelerator.unwrap_model(self.model)
-            routes = self.route_divergences(student, batch)
-        finally:
-            self.model.train(was_training)
-            self._metrics["eval"].clear()
-        return {name: float(r["sum"]) / max(int(r["tokens"]), 1) for name, r in routes.items()}
+
+        def __init__(self, model, teachers: Mapping[str, torch.nn.Module], *args, anchor_route: str | None = None,
+                     anchor_kl_coef: float = 0.0, **kwargs):
+            if not teachers:
+                raise ValueError("RoutedDistillationTrainer needs at least one teacher")
+            if anchor_kl_coef and anchor_route not in teachers:
+                raise ValueError(f"anchor_kl_coef={anchor_kl_coef} needs anchor_route to name a teacher; "
+                                 f"got {anchor_route!r}, teachers are {list(teachers)}")
+            _check_plain_head(model, "the student")
+            for name, teacher in teachers.items():
+                _check_plain_head(teacher, f"teacher {name!r}")
+                check_same_vocab_size(model.config, teacher.config, "the student", f"teacher {name!r}")
+            self.route_names = list(teachers)
+            self.anchor_route = anchor_route
+            self.anchor_kl_coef = float(anchor_kl_coef)
+            first = teachers[self.route_names[0]]
+            super().__init__(model, first, *args, **kwargs)  # the stock trainer prepares the first teacher
+            prepared = {id(first): self.teacher_model}
+            for teacher in teachers.values():
+                if id(teacher) not in prepared:
+                    prepared[id(teacher)] = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+            self.teachers = {name: prepared[id(t)] for name, t in teachers.items()}
+
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            try:
+                index = [self.route_names.index(row[ROUTE_COLUMN]) for row in inputs]
+            except KeyError:
+                raise ValueError(f"every training row needs a {ROUTE_COLUMN!r} column naming its teacher") from None
+            except ValueError as exc:
+                raise ValueError(f"a row names an unknown route ({exc}); routes are {self.route_names}") from None
+            output[ROUTE_COLUMN] = torch.tensor(index, device=output["completion_ids"].device)
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["tokens_sampled"].append(float(output["num_items_in_batch"]))
+            return output
+
+        def _teacher_hidden_states(self, name, input_ids, attention_mask, logits_to_keep):
+            teacher = self.teachers[name]
+            teacher.eval()
+            unwrapped = self.accelerator.unwrap_model(teacher)
+            with torch.no_grad():
+                hidden = self._forward_redirection(teacher, unwrapped, self._get_last_hidden_state, unwrapped,
+                                                   input_ids, attention_mask, logits_to_keep)
+            return hidden, unwrapped.get_output_embeddings()
+
+        def route_divergences(self, unwrapped_student, inputs) -> dict[str, dict[str, torch.Tensor]]:
+            """Per route: summed divergence to its teacher (`sum`), to the anchor (`anchor_sum`), entropy sum, tokens."""
+            input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+            attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            loss_mask = inputs["completion_mask"]
+            logits_to_keep = inputs["completion_ids"].size(1)
+            student_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
+            student_head = unwrapped_student.get_output_embeddings()
+
+            def divergence(rows, teacher_name):
+                teacher_hidden, teacher_head = self._teacher_hidden_states(
+                    teacher_name, input_ids[rows], attention_mask[rows], logits_to_keep)
+                # num_items_in_batch=1 returns the raw sum, so routes share one normaliser in `_compute_loss`.
+                return _chunked_divergence_loss(
+                    student_hidden[rows], teacher_hidden, student_head.weight, teacher_head.weight, loss_mask[rows],
+                    self.beta, num_items_in_batch=1, student_lm_head_bias=student_head.bias,
+                    teacher_lm_head_bias=teacher_head.bias, temperature=self.temperature)
+
+            out = {}
+            for index, name in enumerate(self.route_names):
+                rows = inputs[ROUTE_COLUMN] == index
+                if not bool(rows.any()):
+                    continue
+                total, entropy, tokens = divergence(rows, name)
+                out[name] = {"sum": total, "entropy_sum": entropy, "tokens": tokens}
+                if self.anchor_kl_coef and name != self.anchor_route:
+                    out[name]["anchor_sum"] = divergence(rows, self.anchor_route)[0]
+            return out
+
+        def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+            routes = self.route_divergences(unwrapped_student, inputs)
+            tokens = sum(r["tokens"] for r in routes.values())
+            denominator = num_items_in_batch if num_items_in_batch is not None else tokens.clamp(min=1)
+            total = sum(r["sum"] + self.anchor_kl_coef * r.get("anchor_sum", 0.0) for r in routes.values())
+            mode = "train" if self.model.training else "eval"
+            for name, r in routes.items():
+                n = max(int(r["tokens"]), 1)
+                self._metrics[mode][f"kl/{name}"].append(float(r["sum"].detach()) / n)
+                if "anchor_sum" in r:
+                    self._metrics[mode][f"kl_to_anchor/{name}"].append(float(r["anchor_sum"].detach()) / n)
+            entropy_sum = sum(r["entropy_sum"] for r in routes.values())
+            return total / denominator, entropy_sum.detach(), tokens
+
+        @torch.no_grad()
+        def measure_route_kl(self, rows: list[dict]) -> dict[str, float]:
+            """Sample completions for `rows` from the current student and return the mean divergence per route.
+
+            Used before training as a guard: a broken or mismatched teacher shows up as a huge divergence at step 0.
+            """
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                batch = self._generate_and_score_completions(rows)
+                student = self.accelerator.unwrap_model(self.model)
+                routes = self.route_divergences(student, batch)
+            finally:
+                self.model.train(was_training)
+                self._metrics["eval"].clear()
+            return {name: float(r["sum"]) / max(int(r["tokens"]), 1) for name, r in routes.items()}
+
+    return RoutedDistillationTrainer

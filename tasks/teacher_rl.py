@@ -30,15 +30,20 @@ from typing import Literal
 from pydantic import Field
 
 from continual_opd import registry
+from continual_opd.batch_io import load_batch
 from continual_opd.config import StrictConfig
+from continual_opd.decoding import answer_tokens, skill_accuracy
 from continual_opd.home import Home, file_lock
+from continual_opd.modelio import check_model_folder, load_model, save_model_atomic, weights_digest
+from continual_opd.prompts import as_trl_prompt
 from continual_opd.records import AcceptedBatch, ModelRef, Teacher
-from continual_opd.tracking import MetricBuffer
+from continual_opd.skills import Catalogue
+from continual_opd.tracking import MetricBuffer, code_revision, current_flow_run_id, stage_run
+from continual_opd.training import attach, heldout_callback, rollout_args, trainer_args
 from tasks.rewards import RewardFunction, exact_match, format_reward
 
 STAGE = "teacher_rl"
 REGISTRY_PREFIX = "registry:"
-MIN_EVAL_TOKENS = 8  # `skill_accuracy`'s default, so the teacher's numbers match every other stage's
 
 
 class TeacherConfig(StrictConfig):
@@ -96,17 +101,14 @@ class TeacherGateFailed(RuntimeError):
                              self.run_id)
 
 
-def train_teacher(batch: AcceptedBatch, champion: ModelRef, cfg: TeacherConfig, home: Home,
+def train_teacher(batch: AcceptedBatch, champion: ModelRef, cfg: TeacherConfig, catalogue: Catalogue, home: Home,
                   parent_run_id: str | None = None, reward_fn: RewardFunction | None = None) -> Teacher:
     """Train (or reuse) the teacher for `batch.skill`, gate it and register it as `cfg.registered_model`.
 
     `reward_fn` replaces the correctness reward (default: exact match with the skill's verifier); the
     teacher gate still uses the verifier, which is how a reward that does not measure the skill is caught.
     """
-    from continual_opd.skills import get_skill
-    from tasks.batch_io import load_batch
-
-    skill = get_skill(batch.skill)
+    skill = catalogue[batch.skill]
     rows = [it for it in load_batch(batch.path) if it.skill == batch.skill]
     if not rows:
         raise ValueError(f"batch {batch.path} has no rows of skill {batch.skill!r}: nothing to train a teacher on")
@@ -121,13 +123,12 @@ def train_teacher(batch: AcceptedBatch, champion: ModelRef, cfg: TeacherConfig, 
         existing = registry.find_version(cfg.registered_model, key)
         if existing is not None:
             return _reuse(existing, identity, parent_run_id)
-        return _train_gate_register(rows, skill, initial_folder, identity, rewards, cfg, home, parent_run_id)
+        return _train_gate_register(rows, skill, catalogue, initial_folder, identity, rewards, cfg, home,
+                                    parent_run_id)
 
 
 def resolve_initial_model(cfg: TeacherConfig, champion: ModelRef) -> tuple[Path, str]:
     """(folder, identity) of the teacher's initial model; the identity goes into tags and the reuse key."""
-    from continual_opd.modelio import check_model_folder
-
     if cfg.init == "champion":
         return Path(champion.folder), f"{champion.name}/{champion.version}"
     if cfg.init.startswith(REGISTRY_PREFIX):
@@ -139,17 +140,6 @@ def resolve_initial_model(cfg: TeacherConfig, champion: ModelRef) -> tuple[Path,
         return registry.local_folder(found), f"{name}/{found.version}"
     folder = check_model_folder(cfg.init, cfg.trust_remote_code).resolve()
     return folder, f"folder:{folder}#{weights_digest(folder)}"
-
-
-def weights_digest(folder: Path) -> str:
-    """sha256 of the folder's safetensors files, so a folder whose weights change is a new initial model."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")):
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def reward_summary(rewards: list[tuple[RewardFunction, float]]) -> str:
@@ -171,8 +161,6 @@ def teacher_folder(home: Home, key: str) -> Path:
 def _reuse(version, identity: dict, parent_run_id: str | None) -> Teacher:
     import mlflow
 
-    from continual_opd.tracking import stage_run
-
     tags = version.tags
     teacher = Teacher(
         model=ModelRef(name=version.name, version=str(version.version), folder=str(registry.local_folder(version))),
@@ -187,117 +175,45 @@ def _reuse(version, identity: dict, parent_run_id: str | None) -> Teacher:
 
 
 
-def _heldout_callback(skill, tokenizer, eval_set, cfg: TeacherConfig, best_dir: Path, metrics: MetricBuffer,
-                      initial_accuracy: float, max_new_tokens: int):
-    from transformers import TrainerCallback
-
-    from continual_opd.decoding import skill_accuracy
-    from continual_opd.modelio import save_model_atomic
-
-    class HeldoutEval(TrainerCallback):
-        """Held-out accuracy every `eval_every` steps; keeps the best checkpoint on disk; stops early."""
-
-        def __init__(self):
-            self.best_accuracy, self.best_step, self.last_eval_step = initial_accuracy, 0, 0
-            self.tokens_sampled, self.completions = 0.0, 0
-            self.history = [(0, initial_accuracy)]
-
-        def evaluate(self, model, step: int) -> float:
-            accuracy, _ = skill_accuracy(model, tokenizer, eval_set, skill.verify, max_new_tokens=max_new_tokens)
-            self.last_eval_step = step
-            self.history.append((step, accuracy))
-            metrics.add({f"heldout/{skill.id}_acc": accuracy}, step)
-            if accuracy > self.best_accuracy:
-                save_model_atomic(model, tokenizer, best_dir)
-                self.best_accuracy, self.best_step = accuracy, step
-            metrics.flush()
-            return accuracy
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % cfg.eval_every == 0:
-                if self.evaluate(model, state.global_step) >= cfg.early_stop_accuracy:
-                    control.should_training_stop = True
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            values = {f"rl/{k}": v for k, v in (logs or {}).items() if isinstance(v, int | float)}
-            metrics.add(values, state.global_step)
-            if "completions/mean_length" in (logs or {}):
-                per_step = cfg.prompts_per_step * cfg.num_generations  # logging_steps=1: one log per step
-                self.tokens_sampled += logs["completions/mean_length"] * per_step
-                self.completions += per_step
-
-        def on_train_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step > self.last_eval_step:  # the steps after the last evaluation count too
-                self.evaluate(model, state.global_step)
-
-    return HeldoutEval()
-
-
 def _grpo_args(cfg: TeacherConfig, output_dir: Path, reward_weights: list[float]):
-    import torch
     from trl import GRPOConfig
 
-    from continual_opd.modelio import use_vllm
-
-    on_gpu = torch.cuda.is_available()
     return GRPOConfig(
-        output_dir=str(output_dir),
-        max_steps=cfg.steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_schedule,
-        warmup_steps=0,
+        **trainer_args(output_dir=output_dir, steps=cfg.steps, learning_rate=cfg.learning_rate,
+                       lr_schedule=cfg.lr_schedule, warmup_steps=0, seed=cfg.seed),  # the callback keeps the best
+        **rollout_args(),
         per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,  # counts completions
-        gradient_accumulation_steps=1,
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
         reward_weights=reward_weights,
         beta=0.0,  # no reference model: the teacher is gated on held-out accuracy instead
-        seed=cfg.seed,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        use_cpu=not on_gpu,
-        use_vllm=use_vllm(),  # optional extra: only with a GPU and vllm installed
-        activation_checkpointing=False,  # 20-30% faster on a CPU (FACTS.md); the new name of gradient_checkpointing
-        report_to="none",  # the stage logs to MLflow itself, nested under the update's run
-        logging_steps=1,
-        save_strategy="no",  # the held-out callback keeps the best checkpoint
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
 
 
 def _run_grpo(model, tokenizer, rows, rewards, cfg: TeacherConfig, output_dir: Path, callback) -> int:
     """GRPO on the batch rows, in place on `model`; returns the steps taken."""
     from datasets import Dataset
-    from transformers import PrinterCallback
     from trl import GRPOTrainer
 
-    chat = bool(getattr(tokenizer, "chat_template", None))  # prompts as `greedy_complete` renders them
-    data = Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": it.prompt}] if chat else it.prompt for it in rows],
-        "answer": [it.answer for it in rows],
-    })
+    data = Dataset.from_dict({"prompt": [as_trl_prompt(tokenizer, it.prompt) for it in rows],
+                              "answer": [it.answer for it in rows]})
     trainer = GRPOTrainer(
         model=model, processing_class=tokenizer, train_dataset=data,
         args=_grpo_args(cfg, output_dir, [weight for _, weight in rewards]),
-        reward_funcs=[r.for_trl() for r, _ in rewards], callbacks=[callback],
+        reward_funcs=[r.for_trl() for r, _ in rewards],
     )
-    trainer.remove_callback(PrinterCallback)  # the curves go to MLflow, not to stdout
-    trainer.train()
+    attach(trainer, [callback]).train()
     return trainer.state.global_step
 
 
-def _train_gate_register(rows, skill, initial_folder: Path, identity: dict, rewards, cfg: TeacherConfig,
-                         home: Home, parent_run_id: str | None) -> Teacher:
+def _train_gate_register(rows, skill, catalogue: Catalogue, initial_folder: Path, identity: dict, rewards,
+                         cfg: TeacherConfig, home: Home, parent_run_id: str | None) -> Teacher:
     import mlflow
-
-    from continual_opd.decoding import skill_accuracy
-    from continual_opd.modelio import load_model, save_model_atomic
-    from continual_opd.tracking import code_revision, current_flow_run_id, stage_run
 
     dest = teacher_folder(home, identity["registration_key"])
     work = home.checkpoints / dest.name
-    max_new_tokens = max(MIN_EVAL_TOKENS, cfg.max_completion_length)
+    max_new_tokens = answer_tokens(cfg.max_completion_length)
     started = time.time()
     with stage_run(STAGE, parent_run_id, tags={"skill": skill.id, "registration_key": identity["registration_key"]}) \
             as run:
@@ -309,11 +225,13 @@ def _train_gate_register(rows, skill, initial_folder: Path, identity: dict, rewa
                            **{f"reward.{i}": f"{r.key}: {r.description}" for i, (r, _) in enumerate(rewards)}})
         eval_set, gate_set, dropped = heldout_sets(skill, rows, cfg)
         model, tokenizer = load_model(initial_folder, cfg.trust_remote_code)
-        initial_eval, _ = skill_accuracy(model, tokenizer, eval_set, skill.verify, max_new_tokens=max_new_tokens)
         initial_gate, _ = skill_accuracy(model, tokenizer, gate_set, skill.verify, max_new_tokens=max_new_tokens)
-        metrics.add({f"heldout/{skill.id}_acc": initial_eval, "heldout/dropped_overlapping": dropped}, 0)
-        callback = _heldout_callback(skill, tokenizer, eval_set, cfg, work / "best", metrics, initial_eval,
-                                     max_new_tokens)
+        metrics.add({"heldout/dropped_overlapping": dropped}, 0)
+        callback = heldout_callback(tokenizer, {skill.id: eval_set}, catalogue, metrics, every=cfg.eval_every,
+                                    max_new_tokens=max_new_tokens, log_prefix="rl", select=skill.id,
+                                    best_dir=work / "best", stop_at=cfg.early_stop_accuracy,
+                                    completions_per_step=cfg.prompts_per_step * cfg.num_generations)
+        callback.evaluate(model, 0)  # the initial model: the reference the best checkpoint must beat
         train_started = time.time()
         steps_run = _run_grpo(model, tokenizer, rows, rewards, cfg, work / "trainer", callback) if cfg.steps else 0
         train_seconds = time.time() - train_started
@@ -337,7 +255,8 @@ def _train_gate_register(rows, skill, initial_folder: Path, identity: dict, rewa
             raise TeacherGateFailed(skill.id, initial_gate, teacher_gate, cfg.gate_margin, len(gate_set),
                                     steps_run, run_id)
         report = {**identity, "initial_accuracy": initial_gate, "accuracy": teacher_gate,
-                  "best_step": callback.best_step, "steps": steps_run, "curve": callback.history}
+                  "best_step": callback.best_step, "steps": steps_run,
+                  "curve": [(step, acc[skill.id]) for step, acc in callback.history]}
         save_model_atomic(model, tokenizer, dest, extra_files={"teacher_report.json": json.dumps(report, indent=1)})
         shutil.rmtree(work, ignore_errors=True)
         tags = {

@@ -14,10 +14,11 @@ and then either accepts the batch or quarantines it with its report. Nothing is 
 
 A batch teaches exactly one *target* skill (`AcceptedBatch.skill`): several target skills, core-skill
 rows or unknown skills fail the contract, because one update trains one teacher and runs one gate.
-`validate_command` is `continual-opd validate FILE`: the same checks and report, and no side effects.
+`check_batch` alone is `continual-opd validate FILE`: the same checks and report, and no side effects.
 """
 
 import datetime as dt
+import json
 import shutil
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,14 +26,20 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from continual_opd.batch_io import UnreadableBatch, batch_digest, load_batch, load_batch_table, text_cells
 from continual_opd.config import StrictConfig
-from continual_opd.home import Home, current_home
+from continual_opd.home import Home
+from continual_opd.modelio import load_tokenizer
 from continual_opd.records import AcceptedBatch
+from continual_opd.skills import Catalogue, Item
+from continual_opd.tracking import stage_run
 from data_contracts import ROWS_SUITE, SHIFT_SUITE, contract_version, ledger
-from data_contracts.report import ContractReport, contract_table  # noqa: F401  (contract_table is part of this stage's API)
-from tasks.suites import DEFAULT_SUITE_SIZE
+from data_contracts.contamination import suite_index
+from data_contracts.derive import TokenizerProbe, derive_frame
+from data_contracts.gx_run import run_suites
+from data_contracts.report import ContractReport, contract_table, outcomes  # noqa: F401 - contract_table is this stage's API
+from data_contracts.shift import profile, shift_parameters
 
-EXIT_PASS, EXIT_CONTRACT = 0, 2
 
 
 class ContractConfig(StrictConfig):
@@ -47,8 +54,6 @@ class ContractConfig(StrictConfig):
     contamination_ngram: int = Field(10, ge=2, description=(
         "Contamination: a prompt sharing this many consecutive normalised characters with an evaluation item "
         "(or containing a whole shorter item) is rejected."))
-    suite_size: int = Field(DEFAULT_SUITE_SIZE, ge=1, description=(
-        "Items per evaluation suite checked for contamination; must equal the gate's suite size."))
     shift_threshold: float = Field(0.1, ge=0, description=(
         "Distribution shift: largest KL(batch || last accepted batch of the skill) of a row feature, in nats."))
     fail_on_shift: bool = Field(False, description="Reject a batch whose shift is above the threshold (else warn).")
@@ -114,39 +119,26 @@ class Checked:
 
 
 @lru_cache(maxsize=4)
-def load_tokenizer(folder: str):
-    """The student's tokenizer from its model folder (the contract checks what *it* can encode)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(folder)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
-        raise ValueError(f"cannot load the student's tokenizer from {folder}: {exc}") from exc
+def student_tokenizer(folder: str):
+    """The student's tokenizer (the contract checks what *it* can encode), loaded once per folder."""
+    return load_tokenizer(folder)
 
 
-def contract_parameters(cfg: ContractConfig) -> dict:
+def contract_parameters(cfg: ContractConfig, catalogue: Catalogue) -> dict:
     """The $PARAMETER values of batch_rows.json."""
-    from continual_opd.skills import SKILLS
-
-    return {"min_rows": cfg.min_rows, "max_rows": cfg.max_rows, "known_skills": sorted(SKILLS),
+    return {"min_rows": cfg.min_rows, "max_rows": cfg.max_rows, "known_skills": sorted(catalogue),
             "min_prompt_tokens": cfg.min_prompt_tokens, "max_prompt_tokens": cfg.max_prompt_tokens,
             "min_answer_tokens": cfg.min_answer_tokens, "max_answer_tokens": cfg.max_answer_tokens}
 
 
-def check_batch(path: str | Path, cfg: ContractConfig, tokenizer, home: Home | None = None, docs: bool = False,
-                stop_at_duplicate: bool = True) -> Checked:
+def check_batch(path: str | Path, cfg: ContractConfig, catalogue: Catalogue, suite_size: int, tokenizer,
+                home: Home | None = None, docs: bool = False, stop_at_duplicate: bool = True) -> Checked:
     """Run the contract on one file and report; moves nothing, logs nothing.
 
-    `home` supplies the ledger (duplicates, the shift reference) and, with `docs`, the Data Docs site.
+    `catalogue` names the skills a row may have; the contamination check covers every evaluation suite of
+    `suite_size` items that a gate of this catalogue uses. `home` supplies the ledger (duplicates, the shift
+    reference) and, with `docs`, the Data Docs site.
     """
-    from data_contracts.contamination import suite_index
-    from data_contracts.derive import TokenizerProbe, derive_frame
-    from data_contracts.gx_run import run_suites
-    from data_contracts.report import outcomes
-    from data_contracts.shift import shift_parameters
-    from continual_opd.skills import SKILLS
-    from tasks.batch_io import UnreadableBatch, load_batch_table, text_cells
-
     path = Path(path)
     version = contract_version()
     try:
@@ -160,11 +152,12 @@ def check_batch(path: str | Path, cfg: ContractConfig, tokenizer, home: Home | N
     if duplicate_of is not None and stop_at_duplicate:
         return Checked(ContractReport(**base, success=True), [], duplicate_of)
 
-    frame = derive_frame(cells, TokenizerProbe(tokenizer), suite_index(cfg.suite_size, cfg.contamination_ngram), SKILLS)
+    frame = derive_frame(cells, TokenizerProbe(tokenizer), suite_index(catalogue, suite_size, cfg.contamination_ngram),
+                         catalogue)
     known = frame["known_skill"].dropna().unique().tolist()
-    skill = known[0] if len(known) == 1 and SKILLS[known[0]].role == "target" else None
+    skill = known[0] if len(known) == 1 and catalogue[known[0]].role == "target" else None
     reference = ledger.last_for_skill(home, skill) if home is not None and skill else None
-    suites, parameters = [ROWS_SUITE], contract_parameters(cfg)
+    suites, parameters = [ROWS_SUITE], contract_parameters(cfg, catalogue)
     if reference is not None:
         suites.append(SHIFT_SUITE)
         parameters.update(shift_parameters(reference["profile"], cfg.shift_threshold))
@@ -189,9 +182,6 @@ def check_batch(path: str | Path, cfg: ContractConfig, tokenizer, home: Home | N
 
 def _cells_digest(cells: dict) -> str:
     """`batch_digest` of the rows as `load_batch` would read them (undecodable bytes shown as U+FFFD)."""
-    from demo_world.skills import Item
-    from tasks.batch_io import batch_digest
-
     shown = [[v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in cells[c]]
              for c in ("id", "skill", "prompt", "answer")]
     return batch_digest([Item(*(str(col[i]) for col in shown)) for i in range(len(shown[0]))])
@@ -204,8 +194,6 @@ def ensure_new_batch(path: str | Path, home: Home) -> None:
     outside the cache: a cached `AcceptedBatch` for a re-sent identical file would skip the ledger.
     A file that cannot be read passes here; `validate_batch` reports it.
     """
-    from tasks.batch_io import UnreadableBatch, load_batch_table, text_cells
-
     path = Path(path)
     try:
         digest = _cells_digest(text_cells(load_batch_table(path), path))
@@ -225,16 +213,14 @@ def _num(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "infinite"
 
 
-def validate_batch(path: str, cfg: ContractConfig, tokenizer_folder: str, home: Home, parent_run_id: str | None = None,
-                   move: bool = True) -> AcceptedBatch:
+def validate_batch(path: str, cfg: ContractConfig, catalogue: Catalogue, suite_size: int, tokenizer_folder: str,
+                   home: Home, parent_run_id: str | None = None, move: bool = True) -> AcceptedBatch:
     """Validate one batch file; accept it (see the module docstring for `move`), or quarantine it and raise."""
     import mlflow
 
-    from continual_opd.tracking import stage_run
-
     path = Path(path)
     home.ensure()
-    checked = check_batch(path, cfg, load_tokenizer(str(tokenizer_folder)), home, docs=True)
+    checked = check_batch(path, cfg, catalogue, suite_size, student_tokenizer(str(tokenizer_folder)), home, docs=True)
     report = checked.report
     if checked.duplicate_of is not None:
         _skip_duplicate(path, report.digest, checked.duplicate_of, home)
@@ -273,9 +259,6 @@ def mark_processed(path: str | Path, batch: AcceptedBatch, home: Home) -> Accept
     crash between the two steps leaves the file where it was, to be recognised next time as a
     duplicate, never an accepted batch that could be trained on twice.
     """
-    from data_contracts.shift import profile
-    from tasks.batch_io import load_batch
-
     src = Path(path)
     with ledger.lock(home):
         existing = ledger.find(home, batch.digest)
@@ -309,49 +292,6 @@ def inbox_batches(home: Home) -> list[Path]:
     return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
 
 
-def validate_command(path: str, home: Home | None = None, cfg: ContractConfig | None = None,
-                     tokenizer_folder: str | None = None, out=print) -> int:
-    """`continual-opd validate FILE`: print the report; 0 pass, 2 contract failure or unreadable file.
-
-    Moves nothing, logs nothing, builds no Data Docs: it is for a batch's owner to check a file before
-    sending it. The tokenizer is the home's champion's (or `tokenizer_folder`); a home without a
-    champion is checked with the demo world's tokenizer, and the report says so.
-    """
-    home = home or current_home()
-    cfg = cfg or ContractConfig()
-    if tokenizer_folder is None:
-        tokenizer_folder = _champion_folder(home)
-    if tokenizer_folder is None:
-        from demo_world.tokenizer import build_tokenizer
-
-        out(f"note: the home {home.root} has no champion yet; checking with the demo world's tokenizer")
-        tokenizer = build_tokenizer()
-    else:
-        tokenizer = load_tokenizer(str(tokenizer_folder))
-    checked = check_batch(path, cfg, tokenizer, home, docs=False, stop_at_duplicate=False)
-    out(checked.report.markdown(cfg.max_examples))
-    if checked.duplicate_of is not None:
-        out(f"note: the same rows were already accepted on {checked.duplicate_of.get('accepted_at')} as "
-            f"{checked.duplicate_of.get('file')}; an update would skip this batch")
-    return EXIT_PASS if checked.report.success else EXIT_CONTRACT
-
-
-def _champion_folder(home: Home) -> str | None:
-    """The champion's model folder in this home, or None when the home has no registry or no champion."""
-    import os
-
-    if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("sqlite") and not home.mlflow_db.is_file():
-        return None
-    if home.root != current_home().root:
-        return None  # the registry helpers read the current home's store
-    from continual_opd import registry
-
-    try:
-        return str(registry.local_folder(registry.version_by_alias(registry.STUDENT_MODEL, registry.CHAMPION)))
-    except registry.RegistryError:
-        return None
-
-
 def _free_name(folder: Path, name: str) -> Path:
     """`folder/name`, or `folder/<stem>.<UTC time><suffix>` when that is taken: nothing is overwritten."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -373,8 +313,6 @@ def _move(src: Path, folder: Path, destination: Path | None = None) -> Path:
 
 
 def _write_report(destination: Path, report: ContractReport, gx_results: list) -> None:
-    import json
-
     Path(f"{destination}.report.md").write_text(report.markdown())
     Path(f"{destination}.report.json").write_text(
         json.dumps({"report": report.model_dump(mode="json"), "gx_results": gx_results}, indent=1, default=str))

@@ -14,9 +14,11 @@ import pytest
 
 from continual_opd.home import Home
 from data_contracts import ROWS_SUITE, check_ids
-from demo_world.skills import SKILLS, Item, get_skill
-from tasks.batch_io import write_jsonl
-from tasks.suites import DEFAULT_SUITE_SIZE, all_suite_items, build_suites, suite_names
+from cli.validate import validate_command
+from continual_opd.batch_io import write_jsonl
+from continual_opd.skills import Item
+from continual_opd.suites import DEFAULT_SUITE_SIZE, all_suite_items, build_suites, suite_names
+from demo_world.skills import CATALOGUE, SKILLS
 from tasks.validate import (
     ContractConfig,
     ContractViolation,
@@ -27,27 +29,30 @@ from tasks.validate import (
     ensure_new_batch,
     inbox_batches,
     mark_processed,
+    student_tokenizer,
     validate_batch,
-    validate_command,
 )
 
 ROWS = 120
+DEMO = CATALOGUE
+SUITE_SIZE = DEFAULT_SUITE_SIZE
 
 
 @pytest.fixture(scope="module")
 def tokenizer_folder(tmp_path_factory):
+    """A student model folder (untrained weights: the contract reads only its tokenizer)."""
+    from continual_opd.modelio import save_model_atomic
+    from demo_world.model import build_tiny_model
     from demo_world.tokenizer import build_tokenizer
 
-    folder = tmp_path_factory.mktemp("student-tokenizer")
-    build_tokenizer().save_pretrained(folder)
-    return str(folder)
+    tokenizer = build_tokenizer()
+    folder = tmp_path_factory.mktemp("student") / "model"
+    return str(save_model_atomic(build_tiny_model(tokenizer), tokenizer, folder))
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tokenizer_folder):
-    from tasks.validate import load_tokenizer
-
-    return load_tokenizer(tokenizer_folder)
+    return student_tokenizer(tokenizer_folder)
 
 
 @pytest.fixture()
@@ -57,7 +62,7 @@ def fresh_home(home, tmp_path):
 
 
 def good_items(n=ROWS, seed=11, skill="add"):
-    return get_skill(skill).items("train", n, seed=seed)
+    return CATALOGUE[skill].items("train", n, seed=seed)
 
 
 def replace(items, index, **changes):
@@ -73,7 +78,7 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 
 def heldout(skill="add", k=1):
-    return build_suites(suite_names(skill))[skill][:k]
+    return build_suites(DEMO, suite_names(DEMO, skill))[skill][:k]
 
 
 def two_digit_answers():
@@ -142,7 +147,7 @@ def test_every_expectation_has_a_bad_batch():
 @pytest.mark.parametrize("check", sorted(BAD_BATCHES))
 def test_each_bad_batch_fails_exactly_its_expectation(check, tmp_path, tokenizer):
     build, settings = BAD_BATCHES[check]
-    report = check_batch(build(tmp_path), ContractConfig(**settings), tokenizer).report
+    report = check_batch(build(tmp_path), ContractConfig(**settings), DEMO, SUITE_SIZE, tokenizer).report
     assert not report.success
     assert failed_checks(report) == {check}
     failure = report.failed()[0]
@@ -151,7 +156,7 @@ def test_each_bad_batch_fails_exactly_its_expectation(check, tmp_path, tokenizer
 
 
 def test_good_batch_passes(tmp_path, tokenizer):
-    report = check_batch(write_jsonl(good_items(), tmp_path / "good.jsonl"), ContractConfig(), tokenizer).report
+    report = check_batch(write_jsonl(good_items(), tmp_path / "good.jsonl"), ContractConfig(), DEMO, SUITE_SIZE, tokenizer).report
     assert report.success, report.message()
     assert report.skill == "add" and report.rows == ROWS and not report.failed()
     assert len(report.expectations) == len(check_ids(ROWS_SUITE))
@@ -159,8 +164,8 @@ def test_good_batch_passes(tmp_path, tokenizer):
 
 def test_the_demo_batch_passes(tmp_path, tokenizer):
     """The batch `continual-opd demo` drops into the inbox (512 train rows of add, seed 1000)."""
-    items = get_skill("add").items("train", 512, seed=1000)
-    report = check_batch(write_jsonl(items, tmp_path / "demo-add-000.jsonl"), ContractConfig(), tokenizer).report
+    items = CATALOGUE["add"].items("train", 512, seed=1000)
+    report = check_batch(write_jsonl(items, tmp_path / "demo-add-000.jsonl"), ContractConfig(), DEMO, SUITE_SIZE, tokenizer).report
     assert report.success, report.message()
 
 
@@ -170,20 +175,20 @@ def test_parquet_batches_are_read_too(tmp_path, tokenizer):
     bad = replace(good_items(), 3, answer="1x5")
     path = tmp_path / "bad.parquet"
     pd.DataFrame([it.__dict__ for it in bad]).to_parquet(path)
-    report = check_batch(path, ContractConfig(), tokenizer).report
+    report = check_batch(path, ContractConfig(), DEMO, SUITE_SIZE, tokenizer).report
     assert failed_checks(report) == {"answer_well_formed"}
 
 
 def test_held_out_items_are_rejected_as_contaminated(tmp_path, fresh_home, tokenizer_folder):
     """Exact suite items of the batch's own gate, of another target skill's gate, and near-copies."""
-    sub_item = next(it for it in build_suites(["sub"])["sub"] if len(it.answer) == 2)  # well-formed for add too
+    sub_item = next(it for it in build_suites(DEMO, ["sub"])["sub"] if len(it.answer) == 2)  # well-formed for add too
     items = good_items()
     items = replace(items, 0, prompt=heldout()[0].prompt, answer=heldout()[0].answer)
     items = replace(items, 1, prompt=f"{heldout('add', 2)[1].prompt}{heldout('add', 2)[1].answer}")  # answer glued on
     items = replace(items, 2, prompt=sub_item.prompt, answer=sub_item.answer, skill="add")
     path = write_jsonl(items, fresh_home.inbox / "leaky.jsonl")
     with pytest.raises(ContractViolation) as caught:
-        validate_batch(str(path), ContractConfig(), tokenizer_folder, fresh_home)
+        validate_batch(str(path), ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home)
     failure = {e.check: e for e in caught.value.report.failed()}
     assert set(failure) == {"not_contaminated"}
     assert failure["not_contaminated"].failing_rows == 3
@@ -195,7 +200,7 @@ def test_held_out_items_are_rejected_as_contaminated(tmp_path, fresh_home, token
 def test_contamination_checks_every_suite_and_spares_training_prompts():
     from data_contracts.contamination import ContaminationIndex
 
-    items = all_suite_items()
+    items = all_suite_items(DEMO)
     index = ContaminationIndex(items, n=10)
     assert {it.skill for it in items} == set(SKILLS)  # every target and every core suite
     core = next(it for it in items if it.skill == "reverse" and len(it.prompt) >= 10)
@@ -225,7 +230,7 @@ def test_unreadable_files_are_quarantined_with_a_clear_error(name, content, prob
     else:
         path.write_bytes(content)
     with pytest.raises(UnreadableBatchError) as caught:
-        validate_batch(str(path), ContractConfig(), tokenizer_folder, fresh_home)
+        validate_batch(str(path), ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home)
     assert str(path) in str(caught.value) and problem in str(caught.value)
     assert problem in caught.value.problem
     assert not path.exists() and caught.value.quarantined == fresh_home.quarantine / name
@@ -240,7 +245,7 @@ def test_violation_message_report_and_artifacts(fresh_home, tokenizer_folder):
     items = replace(replace(good_items(), 9, id=good_items()[3].id), 4, answer="1x5")
     path = write_jsonl(items, fresh_home.inbox / "two-problems.jsonl")
     with pytest.raises(ContractViolation) as caught:
-        validate_batch(str(path), ContractConfig(), tokenizer_folder, fresh_home)
+        validate_batch(str(path), ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home)
     exc = caught.value
     message = str(exc)
     assert str(path) in message and "2 of" in message
@@ -267,14 +272,14 @@ def test_accepted_batch_is_moved_recorded_and_a_resent_copy_is_skipped(fresh_hom
     import pandas as pd
 
     path = write_jsonl(good_items(), fresh_home.inbox / "first.jsonl")
-    accepted = validate_batch(str(path), ContractConfig(), tokenizer_folder, fresh_home)
+    accepted = validate_batch(str(path), ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home)
     assert accepted.skill == "add" and accepted.rows == ROWS and accepted.contract_version.startswith("1.0.0+")
     assert Path(accepted.path) == fresh_home.processed / "first.jsonl" and not path.exists()
     # the same rows, re-sent in another order and another format
     copy = fresh_home.inbox / "again.parquet"
     pd.DataFrame([it.__dict__ for it in reversed(good_items())]).to_parquet(copy)
     with pytest.raises(DuplicateBatch) as caught:
-        validate_batch(str(copy), ContractConfig(), tokenizer_folder, fresh_home)
+        validate_batch(str(copy), ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home)
     assert caught.value.digest == accepted.digest and "already accepted" in str(caught.value)
     assert not copy.exists() and Path(caught.value.moved_to).is_file()
     # the cheap check a flow runs outside its task cache says the same
@@ -286,38 +291,38 @@ def test_accepted_batch_is_moved_recorded_and_a_resent_copy_is_skipped(fresh_hom
     # the command says so too, and still checks the file
     write_jsonl(good_items(), tmp_path / "third.jsonl")
     out = []
-    assert validate_command(str(tmp_path / "third.jsonl"), fresh_home, tokenizer_folder=tokenizer_folder,
+    assert validate_command(str(tmp_path / "third.jsonl"), home=fresh_home, tokenizer_folder=tokenizer_folder,
                             out=out.append) == 0
     assert "already accepted" in out[-1]
 
 
 def test_move_false_leaves_the_file_until_mark_processed(fresh_home, tokenizer_folder):
     path = write_jsonl(good_items(seed=21), fresh_home.inbox / "flow.jsonl")
-    accepted = validate_batch(str(path), ContractConfig(), tokenizer_folder, fresh_home, move=False)
+    accepted = validate_batch(str(path), ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home, move=False)
     assert Path(accepted.path) == path and path.is_file()
     moved = mark_processed(path, accepted, fresh_home)
     assert Path(moved.path).parent == fresh_home.processed and not path.exists()
     assert mark_processed(path, accepted, fresh_home).path == moved.path  # idempotent (a retried flow)
     with pytest.raises(DuplicateBatch):
         validate_batch(str(write_jsonl(good_items(seed=21), fresh_home.inbox / "flow-again.jsonl")),
-                       ContractConfig(), tokenizer_folder, fresh_home, move=False)
+                       ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home, move=False)
 
 
 def test_distribution_shift_warns_or_fails(fresh_home, tokenizer_folder):
-    mark = validate_batch(str(write_jsonl(two_digit_answers(), fresh_home.inbox / "ref.jsonl")), ContractConfig(),
+    mark = validate_batch(str(write_jsonl(two_digit_answers(), fresh_home.inbox / "ref.jsonl")), ContractConfig(), DEMO, SUITE_SIZE,
                           tokenizer_folder, fresh_home)
     assert mark.warnings == ()
     similar = [it for it in good_items(400, seed=31) if len(it.answer) == 2][:ROWS]
-    assert validate_batch(str(write_jsonl(similar, fresh_home.inbox / "similar.jsonl")), ContractConfig(),
+    assert validate_batch(str(write_jsonl(similar, fresh_home.inbox / "similar.jsonl")), ContractConfig(), DEMO, SUITE_SIZE,
                           tokenizer_folder, fresh_home).warnings == ()
     three_digit = [it for it in good_items(600, seed=32) if len(it.answer) == 3][:ROWS]
     shifted = write_jsonl(three_digit, fresh_home.inbox / "shifted.jsonl")
     with pytest.raises(ContractViolation) as caught:
-        validate_batch(str(shifted), ContractConfig(fail_on_shift=True), tokenizer_folder, fresh_home)
+        validate_batch(str(shifted), ContractConfig(fail_on_shift=True), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home)
     assert failed_checks(caught.value.report) == {"shift_answer_length"}
     assert "similar.jsonl" in str(caught.value)  # compared with the *last* accepted batch of the skill
     again = write_jsonl(three_digit, fresh_home.inbox / "shifted-again.jsonl")
-    accepted = validate_batch(str(again), ContractConfig(), tokenizer_folder, fresh_home)
+    accepted = validate_batch(str(again), ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home)
     assert len(accepted.warnings) == 1 and "shift_answer_length" in accepted.warnings[0]
 
 
@@ -327,17 +332,17 @@ def test_validate_command_exit_codes_and_no_side_effects(fresh_home, tokenizer_f
     unreadable = tmp_path / "bad.txt"
     unreadable.write_text("hello")
     out = []
-    assert validate_command(str(good), fresh_home, tokenizer_folder=tokenizer_folder, out=out.append) == 0
+    assert validate_command(str(good), home=fresh_home, tokenizer_folder=tokenizer_folder, out=out.append) == 0
     assert "PASSED" in out[-1]
-    assert validate_command(str(bad), fresh_home, tokenizer_folder=tokenizer_folder, out=out.append) == 2
+    assert validate_command(str(bad), home=fresh_home, tokenizer_folder=tokenizer_folder, out=out.append) == 2
     assert "prompt_not_blank" in out[-1] and "FAILED" in out[-1]
-    assert validate_command(str(unreadable), fresh_home, tokenizer_folder=tokenizer_folder, out=out.append) == 2
+    assert validate_command(str(unreadable), home=fresh_home, tokenizer_folder=tokenizer_folder, out=out.append) == 2
     assert "unsupported file type" in out[-1]
     assert good.is_file() and bad.is_file() and unreadable.is_file()
     assert not any(fresh_home.quarantine.iterdir()) and not any(fresh_home.processed.iterdir())
     # a home without a champion: checked with the demo tokenizer, and it says so
     out = []
-    assert validate_command(str(good), fresh_home, out=out.append) == 0
+    assert validate_command(str(good), home=fresh_home, out=out.append) == 0
     assert "no champion" in out[0]
 
 
@@ -358,4 +363,5 @@ def test_contract_config_is_strict():
         ContractConfig(max_prompt_tokenz=3)
     with pytest.raises(ValidationError, match="min_prompt_tokens"):
         ContractConfig(min_prompt_tokens=9, max_prompt_tokens=3)
-    assert ContractConfig().suite_size == DEFAULT_SUITE_SIZE
+    with pytest.raises(ValidationError, match="suite_size"):  # one setting: evaluation.suite_size
+        ContractConfig(suite_size=200)

@@ -3,6 +3,7 @@
 import pytest
 
 from continual_opd.records import ModelRef, Teacher
+from demo_world.skills import CATALOGUE
 from tests.helpers.quick_models import make_batch, make_teacher
 
 TEST_MODEL = "test-distill-student"  # own registered model, so other tests' `candidate` alias is untouched
@@ -12,7 +13,7 @@ TEST_MODEL = "test-distill-student"  # own registered model, so other tests' `ca
 
 
 def tiny_cfg(**overrides):
-    from tasks.distill import DistillConfig
+    from tasks.distill_config import DistillConfig
 
     settings = dict(steps=4, prompts_per_step=16, eval_every=2, eval_items=20, checkpoint_every=2,
                     registered_model=TEST_MODEL)
@@ -132,20 +133,25 @@ def test_replay_covers_the_core_skills_and_the_targets_taught_before(home):
     import uuid
     from collections import Counter
 
-    from continual_opd.skills import CORE_SKILLS, SKILLS
-    from gates import accuracy_matrix
-    from tasks.distill import ANCHOR_ROUTE, TARGET_ROUTE, DistillConfig, replay_skills, training_rows
+    from demo_world.skills import CORE_SKILLS, SKILLS
+    from continual_opd import accuracy_matrix
+    from tasks.distill import replay_skills
+    from tasks.distill_config import ANCHOR_ROUTE, TARGET_ROUTE, DistillConfig
+    from tasks.distill_training import training_rows
 
     model = f"replay-test-{uuid.uuid4().hex[:8]}"
     accuracy_matrix.append_row(home, model, "1", "baseline")
     accuracy_matrix.append_row(home, model, "2", "promoted", target_skill="add")
     accuracy_matrix.append_row(home, model, "3", "rejected", target_skill="mul")  # never taught: not replayed
     cfg = DistillConfig(steps=5, prompts_per_step=40)
-    assert replay_skills(cfg, "sub", home, model) == [*CORE_SKILLS, "add"]
-    assert replay_skills(cfg, "add", home, model) == list(CORE_SKILLS)  # the target itself is taught, not replayed
-    assert replay_skills(cfg.model_copy(update={"replay_taught": False}), "sub", home, model) == list(CORE_SKILLS)
+    assert replay_skills(cfg, CATALOGUE, "sub", home, model) == [*CORE_SKILLS, "add"]
+    # the target itself is taught, not replayed
+    assert replay_skills(cfg, CATALOGUE, "add", home, model) == list(CORE_SKILLS)
+    no_taught = cfg.model_copy(update={"replay_taught": False})
+    assert replay_skills(no_taught, CATALOGUE, "sub", home, model) == list(CORE_SKILLS)
 
-    rows = training_rows(SKILLS["sub"].items("train", 64), cfg, replay_skills(cfg, "sub", home, model))
+    rows = training_rows(SKILLS["sub"].items("train", 64), cfg, CATALOGUE,
+                         replay_skills(cfg, CATALOGUE, "sub", home, model))
     for step in range(cfg.steps):
         chunk = rows[step * 40:(step + 1) * 40]
         assert Counter(r["route"] for r in chunk) == {TARGET_ROUTE: 30, ANCHOR_ROUTE: 10}
@@ -153,7 +159,8 @@ def test_replay_covers_the_core_skills_and_the_targets_taught_before(home):
     assert set(replayed) == {*CORE_SKILLS, "add"} and max(replayed.values()) - min(replayed.values()) <= 2
     # a skill with few train prompts (mul: 528) is repeated rather than refused
     many = DistillConfig(steps=200, prompts_per_step=256)
-    assert sum(r["skill"] == "mul" for r in training_rows(SKILLS["sub"].items("train", 64), many, ["mul"])) == 200 * 64
+    mul_rows = training_rows(SKILLS["sub"].items("train", 64), many, CATALOGUE, ["mul"])
+    assert sum(r["skill"] == "mul" for r in mul_rows) == 200 * 64
 
 
 def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, champion, home):
@@ -170,7 +177,7 @@ def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, ch
                     skill="add", initial_accuracy=0.0, accuracy=0.0, steps=0)
     before = _versions(registry)
     with pytest.raises(DistillationGuardError, match="different vocabularies"):
-        distill(make_batch(tmp_path), champion, alien, tiny_cfg(seed=101), home)
+        distill(make_batch(tmp_path), champion, alien, tiny_cfg(seed=101), CATALOGUE, home)
     assert _versions(registry) == before, "nothing may be registered"
 
 
@@ -187,7 +194,7 @@ def test_untrained_teacher_is_stopped_by_the_initial_kl_guard(tmp_path, champion
                      skill="add", initial_accuracy=0.0, accuracy=0.0, steps=0)
     before = _versions(registry)
     with pytest.raises(DistillationGuardError, match="reverse KL") as err:
-        distill(make_batch(tmp_path), champion, broken, tiny_cfg(seed=102), home)
+        distill(make_batch(tmp_path), champion, broken, tiny_cfg(seed=102), CATALOGUE, home)
     assert "max_initial_kl" in str(err.value)
     assert _versions(registry) == before, "nothing may be registered"
 
@@ -206,7 +213,8 @@ def test_interrupted_run_resumes_and_registers_a_candidate_with_lineage(tmp_path
 
     from continual_opd import registry
     from continual_opd.modelio import load_model
-    from tasks.distill import candidate_key, distill, last_complete_checkpoint, replay_skills
+    from tasks.distill import candidate_key, distill, replay_skills
+    from tasks.distill_training import last_complete_checkpoint
 
     class InterruptAfterFirstSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -215,14 +223,16 @@ def test_interrupted_run_resumes_and_registers_a_candidate_with_lineage(tmp_path
     batch, cfg = make_batch(tmp_path), tiny_cfg(seed=103)
     before = _versions(registry)
     with pytest.raises(Interrupted):
-        distill(batch, champion, teacher, cfg, home, callbacks=[InterruptAfterFirstSave()])
+        distill(batch, champion, teacher, cfg, CATALOGUE, home, callbacks=[InterruptAfterFirstSave()])
     assert _versions(registry) == before, "an interrupted run registers nothing"
-    work = home.checkpoints / f"distill-{candidate_key(batch, champion, teacher, cfg, replay_skills(cfg, 'add', home, champion.name)).split(':')[-1][:16]}"
+    replayed = replay_skills(cfg, CATALOGUE, "add", home, champion.name)
+    key = candidate_key(batch, champion, teacher, cfg, CATALOGUE, replayed)
+    work = home.checkpoints / f"distill-{key.split(':')[-1][:16]}"
     saved = last_complete_checkpoint(work / "trainer")
     assert saved is not None and saved.name == "checkpoint-2"
 
     with mlflow.start_run(experiment_id=registry.experiment_id("continual-updates")) as parent:
-        candidate = distill(batch, champion, teacher, cfg, home, parent_run_id=parent.info.run_id)
+        candidate = distill(batch, champion, teacher, cfg, CATALOGUE, home, parent_run_id=parent.info.run_id)
     assert candidate.metrics["resumed_from_step"] == 2
     assert candidate.metrics["steps"] == cfg.steps
     assert not work.exists(), "checkpoints are removed once the candidate is registered"
@@ -244,7 +254,7 @@ def test_interrupted_run_resumes_and_registers_a_candidate_with_lineage(tmp_path
                  "train/tokens_sampled", "step_seconds", "heldout/add_acc", "heldout/copy_acc", "initial_kl/target"):
         assert name in run.data.metrics, name
 
-    again = distill(batch, champion, teacher, cfg, home)  # idempotent: the same version, nothing retrained
+    again = distill(batch, champion, teacher, cfg, CATALOGUE, home)  # idempotent: the same version, nothing retrained
     assert again.model.version == candidate.model.version and _versions(registry) == before | {again.model.version}
 
 
@@ -255,6 +265,6 @@ def test_baseline_methods_train_and_register(tmp_path, champion, teacher, home, 
     from tasks.distill import distill
 
     cfg = tiny_cfg(method=method, steps=2, eval_every=2, seed=105)
-    candidate = distill(make_batch(tmp_path), champion, teacher, cfg, home)
+    candidate = distill(make_batch(tmp_path), champion, teacher, cfg, CATALOGUE, home)
     assert candidate.method == method and candidate.metrics["steps"] == 2
     assert registry.get_version(TEST_MODEL, candidate.model.version).tags["method"] == method

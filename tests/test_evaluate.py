@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from continual_opd import registry
+from continual_opd import accuracy_matrix, registry
 from continual_opd.records import Candidate, ModelRef
-from gates import accuracy_matrix
+from continual_opd.suites import build_suites, suite_names
+from demo_world.skills import CATALOGUE
 from tasks.evaluate import EvalConfig, evaluate, kl_drift, sample_from_champion, token_kl
-from tasks.suites import build_suites, suite_names
 
 CFG = EvalConfig(suite_size=60, bootstrap_resamples=2000, kl_prompts=48, batch_size=128)
 
@@ -55,7 +55,7 @@ def setup(home, base_folder, perturbed_folder):
 @pytest.fixture(scope="module")
 def report(setup, home, torch_threads_module):
     name, champion, candidate = setup
-    return evaluate(champion, candidate, "add", CFG, home)
+    return evaluate(champion, candidate, "add", CFG, CATALOGUE, home)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +71,9 @@ def read_items(path):
 
 def test_champion_and_candidate_answer_the_same_suite_items(report):
     rows = read_items(report.items_path)
-    names = suite_names("add")
+    names = suite_names(CATALOGUE, "add")
     assert list(report.suites) == names and report.target_skill == "add"
-    expected = build_suites(names, CFG.suite_size)
+    expected = build_suites(CATALOGUE, names, CFG.suite_size)
     for name in names:
         got = [r for r in rows if r["suite"] == name]
         assert [(r["item_id"], r["prompt"], r["expected"]) for r in got] == \
@@ -128,7 +128,7 @@ def test_drift_kl_is_zero_for_the_champion_itself_and_positive_for_a_changed_mod
 
     base, tok = load_model(base_folder, device="cpu")
     other, other_tok = load_model(perturbed_folder, device="cpu")
-    prompts = [it.prompt for it in build_suites(["reverse", "refuse"], 20)["reverse"]]
+    prompts = [it.prompt for it in build_suites(CATALOGUE, ["reverse", "refuse"], 20)["reverse"]]
     assert kl_drift(base, tok, base, tok, prompts, 8, seed=0) == pytest.approx(0.0, abs=1e-6)
     kl = kl_drift(base, tok, other, other_tok, prompts, 8, seed=0)
     assert kl > 1e-4
@@ -143,7 +143,7 @@ def test_drift_kl_handles_left_padding_like_unpadded_sequences(base_folder, pert
 
     base, tok = load_model(base_folder, device="cpu")
     other, _ = load_model(perturbed_folder, device="cpu")
-    suites = build_suites(["copy", "reverse", "refuse"], 6)
+    suites = build_suites(CATALOGUE, ["copy", "reverse", "refuse"], 6)
     prompts = [it.prompt for s in suites.values() for it in s]  # prompts of different lengths: padding happens
     (batch,) = sample_from_champion(base, tok, prompts, 8, seed=1, batch_size=64)
     assert (batch["attention"][:, : batch["width"]] == 0).any()
@@ -169,16 +169,16 @@ def test_the_accuracy_matrix_gets_both_versions_and_taught_skills_are_evaluated(
     # Once an update taught `sub`, later updates (of another skill) evaluate `sub` too, so forgetting it shows.
     accuracy_matrix.append_row(home, name, champion.version, "baseline")
     accuracy_matrix.append_row(home, name, candidate.model.version, "promoted", "sub")
-    later = evaluate(champion, candidate, "add", CFG.model_copy(update={"kl_prompts": 0}), home)
-    assert list(later.suites) == [*suite_names("add"), "sub"] and math.isnan(later.kl_core)
+    later = evaluate(champion, candidate, "add", CFG.model_copy(update={"kl_prompts": 0}), CATALOGUE, home)
+    assert list(later.suites) == [*suite_names(CATALOGUE, "add"), "sub"] and math.isnan(later.kl_core)
 
 
 def test_a_target_must_be_a_target_skill(setup, home):
     name, champion, candidate = setup
     with pytest.raises(ValueError, match="'copy' is a core skill"):
-        evaluate(champion, candidate, "copy", CFG, home)
+        evaluate(champion, candidate, "copy", CFG, CATALOGUE, home)
     with pytest.raises(KeyError, match="unknown skill"):
-        evaluate(champion, candidate, "division", CFG, home)
+        evaluate(champion, candidate, "division", CFG, CATALOGUE, home)
 
 
 def test_gem_acc_and_bwt_by_hand():
@@ -199,3 +199,9 @@ def test_gem_acc_and_bwt_by_hand():
     assert "| 2 | v3 | promoted | sub | 90.0 | 85.0 | 97.0 | 98.0 |" in table  # add, sub, copy, reverse
     assert "BWT -3.0 points" in table
     assert accuracy_matrix.gem_metrics({"rows": [], "accuracy": {}}) == {"ACC": None, "BWT": None}
+    # A target measured but never taught (mul, 0.0 everywhere) counts in neither, once its role is recorded.
+    for cells in model["accuracy"].values():
+        cells["mul"] = 0.0
+    model["roles"] = {"add": "target", "sub": "target", "mul": "target", "copy": "core", "reverse": "core"}
+    assert accuracy_matrix.gem_metrics(model) == gem
+    assert accuracy_matrix.columns(model) == ["add", "mul", "sub", "copy", "reverse"]  # targets first, as measured

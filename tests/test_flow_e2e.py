@@ -4,7 +4,6 @@ Every non-loopback connection is refused and recorded while the flow runs: the t
 to reach the network (telemetry, a hub download, a remote tracking server).
 """
 
-import json
 import socket
 from pathlib import Path
 
@@ -53,11 +52,11 @@ def offline(monkeypatch):
 
 def test_the_real_flow_runs_all_five_stages_offline(champion, home, offline):
     from continual_opd import registry
-    from continual_opd.cli import main
-    from demo_world.skills import get_skill
-    from tasks.batch_io import write_jsonl
+    from cli.main import main
+    from demo_world.skills import CATALOGUE
+    from continual_opd.batch_io import write_jsonl
 
-    batch = write_jsonl(get_skill("add").items("train", 512, seed=777), home.inbox / "e2e-add.jsonl")
+    batch = write_jsonl(CATALOGUE["add"].items("train", 512, seed=777), home.inbox / "e2e-add.jsonl")
     before = registry.aliases(registry.STUDENT_MODEL)[registry.CHAMPION]
 
     code = main(["run", "--batch", str(batch), "--config", str(SMOKE)])

@@ -204,13 +204,13 @@ def test_a_missing_policy_file_is_refused(tmp_path):
 
 def test_default_core_margin_is_certifiable_at_the_default_suite_size():
     """Noise alone (no true change, up to 3% of items flipping) must rarely fail the default core margin."""
-    from gates.stats import noise_failure_probability
-    from tasks.suites import DEFAULT_SUITE_SIZE
+    from continual_opd.stats import noise_failure_probability
+    from continual_opd.suites import DEFAULT_SUITE_SIZE
 
     (core,) = [t for t in load_policy().policy.thresholds if t.metric == "{core}/acc"]
     margin = -core.change.absolute
     assert noise_failure_probability(DEFAULT_SUITE_SIZE, 0.03, margin) < 0.05
-    # ...whereas at FACTS.md's 540 items and 5.6% discordance (a -2 point bound on average) it fails half the time.
+    # ...whereas at 540 items and 5.6% discordance (a -2 point bound on average) it fails half the time.
     assert noise_failure_probability(540, 0.056, margin) == pytest.approx(0.5, abs=0.02)
 
 

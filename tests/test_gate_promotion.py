@@ -19,10 +19,14 @@ import pytest
 from continual_opd import registry
 from continual_opd.home import Home
 from continual_opd.records import Candidate, EvalReport, ModelRef, SuiteStats
-from gates import accuracy_matrix
+from continual_opd import accuracy_matrix
+from demo_world.skills import CATALOGUE
+from gates.audit import GATE_EXPERIMENT
+from gates.locking import gate_lock
 from gates.policy import load_policy
-from gates.promotion import (GATE_EXPERIMENT, GateConfig, RollbackRefused, audit_record, decide, gate_lock,
-                             history_text, rollback, status_text)
+from gates.promotion import GateConfig, RollbackRefused, decide, rollback
+from gates.views import history_text, status_text
+from tests.helpers.audit import audit_record
 
 CORE = ("copy", "reverse", "upper", "refuse")
 CFG = GateConfig()
@@ -79,7 +83,7 @@ def tags(name, version):
 def test_a_good_candidate_is_promoted_with_an_audit_run(model, home, base_folder):
     v2 = register(model, base_folder, "v2", {"method": "opd"})
     champion = champion_ref(model, "1", base_folder)
-    decision = decide(make_report("1", v2), make_candidate(model, v2, base_folder), champion, CFG, home)
+    decision = decide(make_report("1", v2), make_candidate(model, v2, base_folder), champion, CFG, CATALOGUE, home)
     assert decision.promoted and decision.candidate_version == v2 and decision.champion_version == "1"
     assert aliases(model) == {"champion": v2, "previous-champion": "1"}
     t = tags(model, v2)
@@ -108,7 +112,7 @@ def test_a_good_candidate_is_promoted_with_an_audit_run(model, home, base_folder
 def test_a_forgetting_candidate_is_rejected_and_the_reasons_name_the_suite(model, home, base_folder):
     v2 = register(model, base_folder, "v2", {"method": "sft_teacher_samples"})
     report = make_report("1", v2, kl=0.15, reverse=stats("reverse", 0.998, 0.83, -0.193, -0.145, 1e-40))
-    decision = decide(report, make_candidate(model, v2, base_folder), champion_ref(model, "1", base_folder), CFG, home)
+    decision = decide(report, make_candidate(model, v2, base_folder), champion_ref(model, "1", base_folder), CFG, CATALOGUE, home)
     assert not decision.promoted
     assert aliases(model) == {"champion": "1"}
     reasons = " | ".join(decision.reasons)
@@ -123,7 +127,7 @@ def test_a_forgetting_candidate_is_rejected_and_the_reasons_name_the_suite(model
 def test_deciding_a_candidate_twice_returns_the_recorded_decision(model, home, base_folder):
     v2 = register(model, base_folder, "v2")
     args = (make_report("1", v2), make_candidate(model, v2, base_folder), champion_ref(model, "1", base_folder), CFG,
-            home)
+            CATALOGUE, home)
     first = decide(*args)
     again = decide(*args)  # a Prefect retry after a crash must not re-decide against the new champion
     assert again == first and aliases(model)["champion"] == v2
@@ -133,28 +137,28 @@ def test_a_candidate_is_rejected_when_the_champion_moved_during_the_update(model
     v2, v3 = register(model, base_folder, "v2"), register(model, base_folder, "v3")
     registry.client().set_registered_model_alias(model, registry.CHAMPION, v3)  # someone else promoted v3
     decision = decide(make_report("1", v2), make_candidate(model, v2, base_folder),
-                      champion_ref(model, "1", base_folder), CFG, home)
+                      champion_ref(model, "1", base_folder), CFG, CATALOGUE, home)
     assert not decision.promoted
     assert decision.reasons == (f"champion moved from v1 to v{v3} during the update; rerun against the new champion",)
     assert aliases(model)["champion"] == v3
 
 
 def test_a_failure_after_the_alias_move_rolls_everything_back(model, home, base_folder, monkeypatch):
-    import gates.promotion as promotion
+    import gates.audit as audit
 
     v2 = register(model, base_folder, "v2")
     matrix_before = accuracy_matrix.snapshot(home)
 
-    real_move = promotion._move_aliases
+    real_move = audit._move_aliases
 
     def broken_move(*args, **kwargs):  # the alias move is the decision's last write: fail right after it
         real_move(*args, **kwargs)
         assert aliases(model)["champion"] == v2  # the move had happened when the failure struck
         raise OSError("disk full while writing the report")
 
-    monkeypatch.setattr(promotion, "_move_aliases", broken_move)
+    monkeypatch.setattr(audit, "_move_aliases", broken_move)
     args = (make_report("1", v2), make_candidate(model, v2, base_folder), champion_ref(model, "1", base_folder), CFG,
-            home)
+            CATALOGUE, home)
     with pytest.raises(OSError, match="disk full"):
         decide(*args)
     assert aliases(model) == {"champion": "1"}
@@ -181,7 +185,7 @@ def test_two_concurrent_gate_runs_are_serialised_and_only_one_wins(model, home, 
         try:
             barrier.wait()
             results[version] = decide(make_report("1", version), make_candidate(model, version, base_folder),
-                                      champion, CFG, home)
+                                      champion, CFG, CATALOGUE, home)
         except Exception as exc:  # pragma: no cover - surfaced below
             errors.append(exc)
 
@@ -203,13 +207,13 @@ def test_two_concurrent_gate_runs_are_serialised_and_only_one_wins(model, home, 
 
 def test_the_prefect_concurrency_limit_serialises_even_across_homes(tmp_path, monkeypatch):
     """Two different homes (so two different file locks): only the Prefect global limit can serialise them."""
-    from gates import promotion
+    from gates import locking
 
-    monkeypatch.setattr(promotion, "prefect_server_configured", lambda: True)  # this process's API plays the server
+    monkeypatch.setattr(locking, "prefect_server_configured", lambda: True)  # this process's API plays the server
     spans = []
 
     def hold(home):
-        with gate_lock(CFG, home):
+        with gate_lock(home, CFG.concurrency_limit, CFG.lock_timeout_s):
             start = time.monotonic()
             time.sleep(0.4)
             spans.append((start, time.monotonic()))
@@ -230,8 +234,8 @@ def test_the_home_file_lock_serialises_processes(home, tmp_path):
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         from continual_opd.home import Home
-        from gates.promotion import GateConfig, gate_lock
-        with gate_lock(GateConfig(concurrency_limit=""), Home(Path({str(home.root)!r}))):
+        from gates.locking import gate_lock
+        with gate_lock(Home(Path({str(home.root)!r}))):
             start = time.time(); time.sleep(0.6); print(start, time.time())
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
@@ -243,7 +247,7 @@ def test_the_home_file_lock_serialises_processes(home, tmp_path):
 def test_rollback_restores_the_previous_champion_and_is_recorded(model, home, base_folder):
     v2 = register(model, base_folder, "v2")
     assert decide(make_report("1", v2), make_candidate(model, v2, base_folder), champion_ref(model, "1", base_folder),
-                  CFG, home).promoted
+                  CFG, CATALOGUE, home).promoted
     record = rollback("1", "users report worse reversals", model_name=model, home=home)
     assert aliases(model) == {"champion": "1", "previous-champion": v2}
     assert record.promoted and record.candidate_version == "1" and record.champion_version == v2
@@ -265,7 +269,7 @@ def test_rollback_restores_the_previous_champion_and_is_recorded(model, home, ba
 def test_rollback_refuses_unknown_current_unblessed_and_reasonless_targets(model, home, base_folder):
     v2 = register(model, base_folder, "v2")
     decide(make_report("1", v2, reverse=stats("reverse", 1.0, 0.8, -0.23, -0.17)),
-           make_candidate(model, v2, base_folder), champion_ref(model, "1", base_folder), CFG, home)
+           make_candidate(model, v2, base_folder), champion_ref(model, "1", base_folder), CFG, CATALOGUE, home)
     assert tags(model, v2)["gate_decision"] == "rejected"
     with pytest.raises(RollbackRefused, match="has no version 99"):
         rollback("99", "typo", model_name=model, home=home)
@@ -293,10 +297,10 @@ def test_the_first_candidate_without_a_champion_follows_value_thresholds_only(ho
         return EvalReport(champion_version="", candidate_version=version, suites=suites, kl_core=nan, items_path="",
                           target_skill="add")
 
-    rejected = decide(first_report(v1, 0.6), make_candidate(name, v1, base_folder, parent=""), None, CFG, home)
+    rejected = decide(first_report(v1, 0.6), make_candidate(name, v1, base_folder, parent=""), None, CFG, CATALOGUE, home)
     assert not rejected.promoted and aliases(name) == {}
     assert any("copy/candidate_acc = 0.6 violates >= 0.9" in r for r in rejected.reasons)
-    promoted = decide(first_report(v2, 0.99), make_candidate(name, v2, base_folder, parent=""), None, CFG, home)
+    promoted = decide(first_report(v2, 0.99), make_candidate(name, v2, base_folder, parent=""), None, CFG, CATALOGUE, home)
     assert promoted.promoted and aliases(name) == {"champion": v2}
     import mlflow
 
@@ -308,9 +312,9 @@ def test_inconsistent_inputs_are_refused(model, home, base_folder):
     v2 = register(model, base_folder, "v2")
     candidate = make_candidate(model, v2, base_folder)
     with pytest.raises(ValueError, match="compares against v1 but the champion passed is v5"):
-        decide(make_report("1", v2), candidate, champion_ref(model, "5", base_folder), CFG, home)
+        decide(make_report("1", v2), candidate, champion_ref(model, "5", base_folder), CFG, CATALOGUE, home)
     with pytest.raises(ValueError, match="not the candidate"):
-        decide(make_report("1", "42"), candidate, champion_ref(model, "1", base_folder), CFG, home)
+        decide(make_report("1", "42"), candidate, champion_ref(model, "1", base_folder), CFG, CATALOGUE, home)
     assert aliases(model) == {"champion": "1"} and "gate_decision" not in tags(model, v2)
 
 
@@ -321,14 +325,14 @@ def test_inside_a_flow_task_the_transaction_rolls_back_and_the_report_becomes_a_
     from prefect import flow, task
     from prefect.artifacts import Artifact
 
-    import gates.promotion as promotion
+    import gates.audit as audit
 
     v2 = register(model, base_folder, "v2")
     champion = champion_ref(model, "1", base_folder)
 
     @task(retries=0)
     def gate_task(version):
-        return decide(make_report("1", version), make_candidate(model, version, base_folder), champion, CFG, home)
+        return decide(make_report("1", version), make_candidate(model, version, base_folder), champion, CFG, CATALOGUE, home)
 
     @flow
     def gate_flow(version: str):
@@ -337,7 +341,7 @@ def test_inside_a_flow_task_the_transaction_rolls_back_and_the_report_becomes_a_
     def broken(*args, **kwargs):
         raise OSError("artifact store unreachable")
 
-    monkeypatch.setattr(promotion, "_write_report", broken)
+    monkeypatch.setattr(audit, "_write_report", broken)
     state = gate_flow(v2, return_state=True)
     assert state.is_failed()
     assert aliases(model) == {"champion": "1"} and "gate_decision" not in tags(model, v2)

@@ -2,7 +2,7 @@
 
 Issue 4's acceptance: `opd_no_replay` at a high learning rate and `sft_teacher_samples` visibly lose core
 accuracy, and the gate rejects such updates. Nothing here is synthetic: each candidate is trained by the real
-distillation stage (`tasks.distill.FORGETS_CORE` settings), evaluated by the real forgetting suite, and decided
+distillation stage (`tests.helpers.forgetting.FORGETS_CORE` settings), evaluated by the real forgetting suite, and decided
 by the real gate with the default policy. The control, `opd` with replay on the same teacher, data and budget,
 must keep every core suite, so a rejection is the method's doing and not a gate that rejects everything.
 """
@@ -26,7 +26,7 @@ def world(home, base_folder, tmp_path_factory):
     """Its own registered model (v1 = the base, @champion), a quick add teacher, and an add batch."""
     import torch
 
-    torch.set_num_threads(1)  # two threads on the 2-core CI machine oversubscribe (FACTS.md)
+    torch.set_num_threads(1)  # two threads on the 2-core CI machine oversubscribe
     name = f"forgetting-test-{uuid.uuid4().hex[:8]}"
     client = registry.client()
     run = client.create_run(registry.experiment_id("forgetting-tests"))
@@ -41,15 +41,17 @@ def world(home, base_folder, tmp_path_factory):
 
 def gate(world, home, **method):
     """Train one candidate with `method` settings, evaluate it against the champion, and decide."""
+    from demo_world.skills import CATALOGUE
     from gates.promotion import GateConfig, decide
-    from tasks.distill import DistillConfig, distill
+    from tasks.distill import distill
+    from tasks.distill_config import DistillConfig
     from tasks.evaluate import EvalConfig, evaluate
 
     champion, teacher, batch = world
     cfg = DistillConfig(**{**BUDGET, **method, "registered_model": champion.name})
-    candidate = distill(batch, champion, teacher, cfg, home)
-    report = evaluate(champion, candidate, "add", EvalConfig(suite_size=300, kl_prompts=128), home)
-    decision = decide(report, candidate, champion, GateConfig(), home)
+    candidate = distill(batch, champion, teacher, cfg, CATALOGUE, home)
+    report = evaluate(champion, candidate, "add", EvalConfig(suite_size=300, kl_prompts=128), CATALOGUE, home)
+    decision = decide(report, candidate, champion, GateConfig(), CATALOGUE, home)
     return candidate, report, decision
 
 
@@ -60,7 +62,7 @@ def regression_reason(decision, suite: str) -> str | None:
 
 @pytest.mark.parametrize("method", ["opd_no_replay", "sft_teacher_samples"])
 def test_the_gate_rejects_a_candidate_that_forgot_core_skills(world, home, method):
-    from tasks.distill import FORGETS_CORE
+    from tests.helpers.forgetting import FORGETS_CORE
 
     champion = world[0]
     candidate, report, decision = gate(world, home, **FORGETS_CORE[method])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from gates.stats import (mcnemar_exact, noise_failure_probability, no_change_lower_bound, paired_bootstrap_ci,
+from continual_opd.stats import (mcnemar_exact, noise_failure_probability, no_change_lower_bound, paired_bootstrap_ci,
                          paired_stats)
 
 
@@ -73,7 +73,7 @@ def test_paired_stats_fields():
 
 
 def test_no_change_lower_bound_reproduces_facts_and_predicts_noise_failures():
-    # FACTS.md: with ~540 items and no change, the paired 95% lower bound was about -2 points.
+    # Measured on the demo world: with ~540 items and no change, the paired 95% lower bound was about -2 points.
     assert no_change_lower_bound(540, 0.056) == pytest.approx(-0.02, abs=0.001)
     # Simulated no-change candidates: how often does noise put the CI low below -2 points?
     n, r, margin, sims = 1000, 0.03, 0.02, 400

@@ -13,7 +13,7 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory):
     """Two tiny Qwen2 folders with different tokenizers, and one copy of the first without a chat template."""
-    from continual_opd.tinymodels import build_qwen2
+    from tools.tinymodels import build_qwen2
 
     root = tmp_path_factory.mktemp("qwen")
     a = build_qwen2(root / "a", ["What is 1 plus 2?", "#### 3", "Echo cat1"] * 20, vocab_size=300)
@@ -29,7 +29,7 @@ def qwen(tmp_path_factory):
 
 
 def _skills():
-    from continual_opd.skills import load_skill_file
+    from continual_opd.skill_files import load_skill_file
 
     return load_skill_file(DATA / "skills.yaml").values()
 
@@ -45,7 +45,8 @@ def test_a_teacher_with_another_tokenizer_is_refused_and_the_error_says_it_is_no
 
 
 def test_a_chat_skill_needs_a_chat_template(qwen):
-    from continual_opd.compat import IncompatibleModels, check_chat_template, check_update_models, load_tokenizer
+    from continual_opd.compat import IncompatibleModels, check_chat_template, check_update_models
+    from continual_opd.modelio import load_tokenizer
 
     assert not load_tokenizer(qwen["plain"]).chat_template
     with pytest.raises(IncompatibleModels, match="plus_words, echo declare chat: true.*no chat template"):
@@ -56,8 +57,7 @@ def test_a_chat_skill_needs_a_chat_template(qwen):
 
 
 def test_unreadable_model_folders_are_named(qwen, tmp_path):
-    from continual_opd.compat import load_tokenizer
-    from continual_opd.modelio import ModelFolderError, load_model
+    from continual_opd.modelio import ModelFolderError, load_model, load_tokenizer
 
     with pytest.raises(ModelFolderError, match="does not exist"):
         load_tokenizer(tmp_path / "missing")

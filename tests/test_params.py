@@ -4,7 +4,7 @@ import json
 
 
 def test_bad_settings_are_refused_with_the_field_named(capsys, tmp_path):
-    from continual_opd.cli import main
+    from cli.main import main
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({"teacher": {"stepz": 3}}))

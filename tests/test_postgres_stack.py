@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from continual_opd.postgres_stack import missing_reason, postgres_stack
+from tools.postgres_stack import missing_reason, postgres_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def stack(champion, tmp_path_factory):
     """A Prefect server + worker on a free port, with its own PREFECT_HOME; stopped afterwards."""
-    from continual_opd.stack import start_prefect_stack, stop
+    from cli.stack import start_prefect_stack, stop
 
     port = free_port()
     prefect_home = tmp_path_factory.mktemp("prefect-server-home")
@@ -49,10 +49,10 @@ def _prefect(stack, *args, timeout=60):
 
 def test_manual_deployment_runs_an_update_through_server_and_worker(stack, home, tmp_path):
     from continual_opd import registry
-    from demo_world.skills import get_skill
-    from tasks.batch_io import write_jsonl
+    from demo_world.skills import CATALOGUE
+    from continual_opd.batch_io import write_jsonl
 
-    batch = write_jsonl(get_skill("add").items("train", 256, seed=4242), home.inbox / "server-test.jsonl")
+    batch = write_jsonl(CATALOGUE["add"].items("train", 256, seed=4242), home.inbox / "server-test.jsonl")
     smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     params = {"params": {**smoke, "batch": str(batch)}}
     before = {v.version for v in registry.client().search_model_versions(f"name='{registry.STUDENT_MODEL}'")}

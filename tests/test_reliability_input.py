@@ -6,11 +6,9 @@ or has torn safetensors fails in the flow; an unwritable home fails before Prefe
 is a no-op that says so. `tests/test_params.py` covers unknown keys and wrong types given with `--set`.
 """
 
-import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -30,10 +28,10 @@ BAD_CONFIGS = {  # file content -> what the error must name
 @pytest.fixture()
 def batch(home):
     """A good batch in the session home's inbox; removed afterwards so no later test finds it there."""
-    from demo_world.skills import get_skill
-    from tasks.batch_io import write_jsonl
+    from demo_world.skills import CATALOGUE
+    from continual_opd.batch_io import write_jsonl
 
-    path = write_jsonl(get_skill("add").items("train", 64, seed=4242), home.inbox / "bad-input-add.jsonl")
+    path = write_jsonl(CATALOGUE["add"].items("train", 64, seed=4242), home.inbox / "bad-input-add.jsonl")
     yield path
     path.unlink(missing_ok=True)
 
@@ -55,7 +53,7 @@ def snapshot(home) -> dict:
 
 
 def run_cli(argv, capsys) -> tuple[int, str]:
-    from continual_opd.cli import main
+    from cli.main import main
 
     code = main(argv)
     return code, capsys.readouterr().err
@@ -139,7 +137,7 @@ def test_an_unwritable_home_is_named_by_the_cli(tmp_path):
     """The home lies below a plain file, so not even root can create it (CI runs as root: no chmod test)."""
     (tmp_path / "file").write_text("not a folder")
     home = tmp_path / "file" / "home"
-    proc = subprocess.run([sys.executable, "-m", "continual_opd.cli", "run", "--batch", str(tmp_path / "b.jsonl")],
+    proc = subprocess.run([sys.executable, "-m", "cli", "run", "--batch", str(tmp_path / "b.jsonl")],
                           env=R.cli_env(home), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert f"home {home} is not writable" in proc.stderr and "CONTINUAL_OPD_HOME" in proc.stderr, proc.stderr

@@ -1,11 +1,13 @@
-"""YAML-declared skills: every verifier kind, data loading, the live catalogue, and errors that name the field."""
+"""YAML-declared skills: every verifier kind, data loading, the catalogue, and errors that name the field."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from continual_opd import skills as cat
+from continual_opd import skill_files as cat
+from continual_opd.skills import Catalogue, UnknownSkill
+from continual_opd.suites import suite_names
 
 DATA = Path(__file__).parent / "data"
 DEMO_YAML = Path(__file__).resolve().parents[1] / "configs" / "skills" / "demo.yaml"
@@ -114,27 +116,45 @@ def test_an_unreadable_data_file_is_named(tmp_path):
         cat.load_skill_file(path)
 
 
-def test_the_catalogue_replaces_the_demo_skills_while_active(monkeypatch):
-    monkeypatch.setenv(cat.ENV_VAR, "")  # recorded, so the teardown restores it after use_catalogue sets it
-    assert "add" in cat.SKILLS and "copy" in cat.CORE_SKILLS
-    cat.use_catalogue([str(DATA / "skills.yaml")])
-    assert list(cat.SKILLS) == ["plus_words", "echo"]
-    assert list(cat.CORE_SKILLS) == ["echo"] and list(cat.TARGET_SKILLS) == ["plus_words"]
-    assert cat.get_skill("plus_words").verifier == "numeric"
-    with pytest.raises(KeyError, match="unknown skill 'add'.*skills.yaml"):
-        cat.get_skill("add")
-    from tasks.suites import suite_names
+def test_a_catalogue_holds_exactly_the_skills_its_files_declare():
+    from demo_world.skills import CATALOGUE as DEMO
 
-    assert suite_names("plus_words") == ["plus_words", "echo"]
+    catalogue = cat.load_catalogue([str(DATA / "skills.yaml")])
+    assert list(catalogue) == ["plus_words", "echo"]
+    assert catalogue.core == ("echo",) and catalogue.targets == ("plus_words",)
+    assert catalogue["plus_words"].verifier == "numeric"
+    with pytest.raises(UnknownSkill, match="unknown skill 'add'.*skills.yaml"):
+        catalogue["add"]
+    assert suite_names(catalogue, "plus_words") == ["plus_words", "echo"]
+    assert "add" in DEMO and "copy" in DEMO.core, "another catalogue in the same process is untouched"
+    assert cat.load_catalogue([DATA / "skills.yaml"]) is catalogue, "loaded once while the file is unchanged"
 
 
-def test_the_demo_world_declared_in_yaml_is_the_demo_world(monkeypatch):
+def test_the_demo_world_declared_in_yaml_is_the_demo_world():
     from demo_world import skills as demo
 
-    monkeypatch.setenv(cat.ENV_VAR, "")  # recorded, so the teardown restores it after use_catalogue sets it
-    cat.use_catalogue([str(DEMO_YAML)])
-    assert dict(cat.SKILLS) == demo.SKILLS
-    assert tuple(cat.CORE_SKILLS) == demo.CORE_SKILLS and tuple(cat.TARGET_SKILLS) == demo.TARGET_SKILLS
+    catalogue = cat.load_catalogue([str(DEMO_YAML)])
+    assert dict(catalogue) == demo.SKILLS
+    assert catalogue.core == demo.CORE_SKILLS and catalogue.targets == demo.TARGET_SKILLS
+
+
+def test_a_generator_must_name_a_module_and_one_of_its_skills(tmp_path):
+    for spec in ("demo_world:division", "no_such_module:add", "demo_world"):
+        path = _write(tmp_path, [{"id": "division", "generator": spec}])
+        with pytest.raises(cat.SkillFileError, match="generator: .* is not MODULE:ID"):
+            cat.load_skill_file(path)
+    with pytest.raises(cat.SkillFileError, match="keeps its id"):
+        cat.load_skill_file(_write(tmp_path, [{"id": "plus", "generator": "demo_world:add"}]))
+
+
+def test_a_catalogue_is_refused_without_files_or_without_a_target(tmp_path):
+    with pytest.raises(cat.SkillFileError, match="does not exist"):
+        cat.load_catalogue([tmp_path / "missing.yaml"])
+    only_core = _write(tmp_path, [{"id": "copy", "generator": "demo_world:copy"}], name="core.yaml")
+    with pytest.raises(cat.SkillFileError, match="declare no target skill"):
+        cat.load_catalogue([only_core])
+    with pytest.raises(ValueError, match="role"):
+        Catalogue([type("S", (), {"id": "x", "role": "boss"})()])
 
 
 def test_the_documented_real_model_config_and_its_skill_file_load(monkeypatch):

@@ -4,15 +4,17 @@ import pickle
 
 import pytest
 
+from demo_world.skills import CATALOGUE as DEMO_CATALOGUE
+
 
 @pytest.fixture(scope="module")
 def add_batch(tmp_path_factory):
     """An accepted `add` batch made by hand (the data contract is another stage)."""
     from continual_opd.records import AcceptedBatch
-    from demo_world.skills import get_skill
-    from tasks.batch_io import batch_digest, write_jsonl
+    from demo_world.skills import CATALOGUE
+    from continual_opd.batch_io import batch_digest, write_jsonl
 
-    items = get_skill("add").items("train", 512, seed=1)
+    items = CATALOGUE["add"].items("train", 512, seed=1)
     path = write_jsonl(items, tmp_path_factory.mktemp("batch") / "b.jsonl")
     return AcceptedBatch(path=str(path), digest=batch_digest(items), skill="add", rows=len(items),
                          contract_version="test")
@@ -37,19 +39,19 @@ def _versions(key: str):
 
 
 def _key(batch, champion, cfg, reward=None):
-    from demo_world.skills import get_skill
+    from demo_world.skills import CATALOGUE
     from tasks.rewards import exact_match
     from tasks.teacher_rl import resolve_initial_model, teacher_key
 
     _, initial = resolve_initial_model(cfg, champion)
-    return teacher_key(batch.skill, batch.digest, initial, cfg, [(reward or exact_match(get_skill("add")), 1.0)])
+    return teacher_key(batch.skill, batch.digest, initial, cfg, [(reward or exact_match(CATALOGUE["add"]), 1.0)])
 
 
 def test_rewards_score_completions_with_the_verifier():
-    from demo_world.skills import get_skill
+    from demo_world.skills import CATALOGUE
     from tasks.rewards import exact_match, format_reward
 
-    skill = get_skill("add")
+    skill = CATALOGUE["add"]
     exact, fmt = exact_match(skill).for_trl(), format_reward(skill).for_trl()
     assert exact.__name__ == "exact_match_v1" and fmt.__name__ == "well_formed_v1"
     completions = ["46", "46 ", "45", "4x"]
@@ -80,10 +82,10 @@ def test_config_is_strict_and_init_is_checked(champion):
 
 
 def test_a_skill_with_too_few_heldout_prompts_says_which_settings_to_lower():
-    from demo_world.skills import get_skill
+    from demo_world.skills import CATALOGUE
     from tasks.teacher_rl import TeacherConfig, heldout_sets
 
-    mul = get_skill("mul")  # 192 held-out prompts: the defaults ask for 200 + 400
+    mul = CATALOGUE["mul"]  # 192 held-out prompts: the defaults ask for 200 + 400
     with pytest.raises(ValueError, match=r"eval_items \+ gate_items = 200 \+ 400.*teacher.gate_items"):
         heldout_sets(mul, [], TeacherConfig())
     eval_set, gate_set, _ = heldout_sets(mul, [], TeacherConfig(eval_items=64, gate_items=128))
@@ -96,7 +98,7 @@ def test_gate_rejects_a_teacher_that_did_not_improve(add_batch, champion, home):
 
     cfg = TeacherConfig(steps=0, gate_margin=0.1)
     with pytest.raises(TeacherGateFailed) as failed:
-        train_teacher(add_batch, champion, cfg, home)
+        train_teacher(add_batch, champion, cfg, DEMO_CATALOGUE, home)
     err = failed.value
     assert err.accuracy == err.initial_accuracy and err.margin == 0.1
     assert f"{err.accuracy:.3f}" in str(err) and "margin 0.100" in str(err)
@@ -110,12 +112,12 @@ def test_second_identical_request_reuses_the_teacher(add_batch, champion, home):
     from tasks.teacher_rl import TeacherConfig, train_teacher
 
     cfg = TeacherConfig(steps=0, gate_margin=0.0, seed=7)  # margin 0: the untrained copy passes, cheaply
-    first = train_teacher(add_batch, champion, cfg, home)
-    second = train_teacher(add_batch, champion, cfg, home)
+    first = train_teacher(add_batch, champion, cfg, DEMO_CATALOGUE, home)
+    second = train_teacher(add_batch, champion, cfg, DEMO_CATALOGUE, home)
     assert not first.reused and second.reused
     assert second.model == first.model and second.accuracy == first.accuracy and second.run_id == first.run_id
     assert len(_versions(_key(add_batch, champion, cfg))) == 1
-    other = train_teacher(add_batch, champion, TeacherConfig(steps=0, gate_margin=0.0, seed=8), home)
+    other = train_teacher(add_batch, champion, TeacherConfig(steps=0, gate_margin=0.0, seed=8), DEMO_CATALOGUE, home)
     assert not other.reused and other.model.version != first.model.version
 
 
@@ -130,7 +132,7 @@ def test_gate_rejects_a_reward_that_pays_everything(add_batch, champion, home, o
     always_one = RewardFunction("always_one", "1", lambda completion, answer: 1.0)
     cfg = TeacherConfig(steps=20, eval_every=10, gate_margin=0.1, prompts_per_step=8, num_generations=4)
     with pytest.raises(TeacherGateFailed) as failed:
-        train_teacher(add_batch, champion, cfg, home, reward_fn=always_one)
+        train_teacher(add_batch, champion, cfg, DEMO_CATALOGUE, home, reward_fn=always_one)
     client = registry.client()
     run = client.get_run(failed.value.run_id)
     assert run.data.tags["teacher_gate"] == "failed" and run.info.status == "FAILED"
@@ -148,11 +150,11 @@ def test_grpo_teaches_add_and_registers_the_teacher_with_lineage(champion, home,
     from continual_opd.decoding import skill_accuracy
     from continual_opd.modelio import load_model
     from continual_opd.records import AcceptedBatch
-    from demo_world.skills import get_skill
-    from tasks.batch_io import batch_digest, write_jsonl
+    from demo_world.skills import CATALOGUE
+    from continual_opd.batch_io import batch_digest, write_jsonl
     from tasks.teacher_rl import TeacherConfig, train_teacher
 
-    skill = get_skill("add")
+    skill = CATALOGUE["add"]
     items = skill.items("train", 2048, seed=2)  # RL on 512 rows overfits them: more rows, more held-out gain
     batch = AcceptedBatch(path=str(write_jsonl(items, tmp_path / "add.jsonl")), digest=batch_digest(items),
                           skill="add", rows=len(items), contract_version="test")
@@ -160,7 +162,7 @@ def test_grpo_teaches_add_and_registers_the_teacher_with_lineage(champion, home,
     with mlflow.start_run(experiment_id=registry.experiment_id("continual-updates"), run_name="update") as parent:
         pass
     cfg = TeacherConfig(steps=100, eval_every=20, early_stop_accuracy=0.5, gate_margin=0.1)
-    teacher = train_teacher(batch, champion, cfg, home, parent_run_id=parent.info.run_id)
+    teacher = train_teacher(batch, champion, cfg, DEMO_CATALOGUE, home, parent_run_id=parent.info.run_id)
     assert teacher.accuracy >= teacher.initial_accuracy + 0.1 and 0 < teacher.steps <= 100 and not teacher.reused
 
     # the registered folder holds the trained weights: on items neither training nor the gate saw, it beats the base

@@ -16,16 +16,16 @@ pytestmark = pytest.mark.slow
 def test_the_flow_runs_all_five_stages_on_a_tiny_qwen2(home, tmp_path, monkeypatch):
     import torch
 
-    from continual_opd import registry, skills
+    from cli.main import main
+    from continual_opd import registry
     from continual_opd.adopt import adopt_model
-    from continual_opd.cli import main
-    from continual_opd.tinymodels import build_qwen2, skill_texts
-    from tasks.batch_io import write_jsonl
+    from continual_opd.batch_io import write_jsonl
+    from continual_opd.skill_files import load_skill_file
+    from tools.tinymodels import build_qwen2, skill_texts
 
     torch.set_num_threads(1)
-    monkeypatch.setenv(skills.ENV_VAR, "")  # restored after the test: later tests see the demo world again
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the config names tests/data/skills.yaml
-    user_skills = skills.load_skill_file(DATA / "skills.yaml")
+    user_skills = load_skill_file(DATA / "skills.yaml")
     folder = build_qwen2(tmp_path / "tiny-qwen2", skill_texts(user_skills.values()))
     before = adopt_model(folder, "qwen-test-student", home).version
     assert str(registry.aliases("qwen-test-student")[registry.CHAMPION]) == before

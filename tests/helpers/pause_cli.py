@@ -2,7 +2,7 @@
 
 The crash tests need to kill an update at a precise moment (mid-teacher, mid-distillation, mid-evaluation,
 between the gate's alias moves) without any seam in product code. This wrapper patches a few functions
-in *this* process only, then runs `continual_opd.cli.main`. When execution reaches POINT it writes the
+in *this* process only, then runs `cli.main.main`. When execution reaches POINT it writes the
 point's name to `$RELIABILITY_MARKER` and sleeps; the test sees the marker and SIGKILLs the whole process
 group (the update and its ephemeral Prefect API), as a power cut would. With POINT `none` it is the CLI.
 
@@ -80,6 +80,6 @@ def install(point: str) -> None:
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     install(sys.argv[1])
-    from continual_opd.cli import main
+    from cli.main import main
 
     sys.exit(main(sys.argv[2:]))

@@ -6,7 +6,7 @@ from continual_opd.records import AcceptedBatch, ModelRef, Teacher
 def make_batch(tmp_path, n=256, skill="add") -> AcceptedBatch:
     """An accepted batch of `n` train items of `skill`, written as jsonl (the contract is not run)."""
     from demo_world.skills import SKILLS
-    from tasks.batch_io import batch_digest, write_jsonl
+    from continual_opd.batch_io import batch_digest, write_jsonl
 
     items = SKILLS[skill].items("train", n, seed=7)
     path = write_jsonl(items, tmp_path / f"{skill}.jsonl")

@@ -33,7 +33,7 @@ TINY = [
     "teacher.prompts_per_step=8", "teacher.num_generations=2", "teacher.gate_margin=0", "teacher.learning_rate=1e-12",
     "distill.steps=6", "distill.checkpoint_every=2", "distill.eval_every=3", "distill.eval_items=16",
     "distill.prompts_per_step=16",
-    "contract.suite_size=40", "evaluation.suite_size=40", "evaluation.bootstrap_resamples=200",
+    "evaluation.suite_size=40", "evaluation.bootstrap_resamples=200",
     "evaluation.kl_prompts=16",
     f"gate.policy={PERMISSIVE_POLICY}",
 ]
@@ -95,7 +95,7 @@ def start(home: Path, argv: list[str], log_name: str, pause_at: str | None = Non
         env = cli_env(home, RELIABILITY_MARKER=str(marker(home)))
         marker(home).unlink(missing_ok=True)
     else:
-        cmd, env = [sys.executable, "-m", "continual_opd.cli", *argv], cli_env(home)
+        cmd, env = [sys.executable, "-m", "cli", *argv], cli_env(home)
     with open(out, "w") as o, open(err, "w") as e:
         popen = subprocess.Popen(cmd, cwd=home.parent, env=env, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
@@ -148,10 +148,10 @@ def bootstrapped_home(root: Path) -> Path:
 
 def write_batch(home: Path, name: str, seed: int, rows: int = 64, skill: str = "add") -> Path:
     sys.path.insert(0, str(ROOT))
-    from demo_world.skills import get_skill
-    from tasks.batch_io import write_jsonl
+    from demo_world.skills import CATALOGUE
+    from continual_opd.batch_io import write_jsonl
 
-    return write_jsonl(get_skill(skill).items("train", rows, seed=seed), home / "inbox" / name)
+    return write_jsonl(CATALOGUE[skill].items("train", rows, seed=seed), home / "inbox" / name)
 
 
 # ---- reading a home's MLflow store directly (the test process's MLflow points at another home) ----

@@ -1,8 +1,16 @@
-"""What a person reads when an update ends: the decision, per-skill accuracies, and where to look next."""
+"""What a person reads when an update ends (the decision, per-skill accuracies, where to look next), and its exit code.
+
+Exit codes of `run` and `demo`: 0 promoted, 1 error, 2 data contract failed, 3 rejected by the gate,
+4 teacher gate failed.
+"""
 
 import sys
 
-from continual_opd.cli import EXIT_CONTRACT, EXIT_ERROR, EXIT_PROMOTED, EXIT_REJECTED, EXIT_TEACHER_GATE
+from continual_opd.records import SkippedBatch, UpdateOutcome
+from tasks.teacher_rl import TeacherGateFailed
+from tasks.validate import ContractViolation
+
+EXIT_PROMOTED, EXIT_ERROR, EXIT_CONTRACT, EXIT_REJECTED, EXIT_TEACHER_GATE = 0, 1, 2, 3, 4
 
 WHERE_TO_LOOK = """Where to look next:
   MLflow UI (runs, lineage tags, registry):  continual-opd mlflow-ui   then open http://127.0.0.1:5000
@@ -25,10 +33,6 @@ def outcome_table(outcome) -> str:
 
 def print_outcome(params, state, result) -> int:
     """Print the outcome of a flow run and return the exit code it maps to."""
-    from continual_opd.records import SkippedBatch, UpdateOutcome
-    from tasks.teacher_rl import TeacherGateFailed
-    from tasks.validate import ContractViolation
-
     if isinstance(result, UpdateOutcome):
         print()
         print(f"continual update of {params.student_model} on {params.batch}")

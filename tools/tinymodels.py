@@ -9,6 +9,8 @@ models used for GPU throughput measurements.
 from collections.abc import Iterable
 from pathlib import Path
 
+from continual_opd.modelio import save_model_atomic
+
 CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -37,8 +39,6 @@ def build_qwen2(folder: str | Path, texts: Iterable[str], vocab_size: int = 512,
     """Build a randomly initialised Qwen2ForCausalLM and its tokenizer into `folder` (written atomically)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from continual_opd.modelio import save_model_atomic
 
     tokenizer = train_bpe_tokenizer(texts, vocab_size)
     torch.manual_seed(seed)

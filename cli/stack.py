@@ -13,7 +13,7 @@ from pathlib import Path
 
 from continual_opd.home import current_home, prepare_stores
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where prefect.yaml is
 WORK_POOL = "continual-opd"
 
 

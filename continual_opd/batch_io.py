@@ -9,7 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from demo_world.skills import Item
+from continual_opd.skills import Item
 
 BATCH_COLUMNS = ("id", "skill", "prompt", "answer")
 BATCH_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}

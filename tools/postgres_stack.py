@@ -216,7 +216,7 @@ def launch_mlflow_server(backend_uri: str, artifacts_destination: str, port: int
     """`mlflow server` on a database URI, artifacts proxied to `artifacts_destination` (a folder or s3://).
 
     The CLI creates the schema before it forks its uvicorn workers, so a fresh database needs no separate
-    `mlflow db upgrade`. Job execution is off: 2 processes instead of ~10 (FACTS.md). With `auth_config`
+    `mlflow db upgrade`. Job execution is off: 2 processes instead of ~10 (docs/library-notes.md). With `auth_config`
     (see `write_basic_auth_config`) and `admin`, it runs MLflow's `basic-auth` app: every request but
     /health needs a user.
     """

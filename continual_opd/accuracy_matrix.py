@@ -52,13 +52,19 @@ def _model(data: dict, model_name: str) -> dict:
     return data["models"].setdefault(model_name, {"accuracy": {}, "rows": []})
 
 
-def record_accuracy(home: Home, model_name: str, version: str, accuracies: dict[str, float]) -> None:
-    """Fill in this version's cells for suites it has no number for yet (first measurement wins)."""
+def record_accuracy(home: Home, model_name: str, version: str, accuracies: dict[str, float],
+                    roles: dict[str, str]) -> None:
+    """Fill in this version's cells for suites it has no number for yet (first measurement wins).
+
+    `roles` (suite -> target or core) is kept with the matrix, so its views need no skill catalogue.
+    """
     with file_lock(home.locks / "accuracy_matrix.lock"):
         data = load(home)
-        cells = _model(data, model_name)["accuracy"].setdefault(str(version), {})
+        model = _model(data, model_name)
+        cells = model["accuracy"].setdefault(str(version), {})
         for suite, acc in accuracies.items():
             cells.setdefault(suite, float(acc))
+        model.setdefault("roles", {}).update(roles)
         _save(home, data)
 
 
@@ -96,13 +102,17 @@ def taught_skills(home: Home, model_name: str) -> list[str]:
     return list(dict.fromkeys(r["target_skill"] for r in rows if r["event"] == "promoted" and r["target_skill"]))
 
 
-def columns(model: dict) -> list[str]:
-    """Suites with a number in some row, in the skills' declared order (targets, then cores)."""
-    from continual_opd.skills import SKILLS
+def _is_target(model: dict, suite: str) -> bool:
+    """A target suite: so recorded, or (a matrix written before roles were kept) taught by some row."""
+    role = model.get("roles", {}).get(suite)
+    return role == "target" if role else any(r["target_skill"] == suite for r in model.get("rows", []))
 
-    order = {name: i for i, name in enumerate(SKILLS)}
-    seen = {suite for row in model.get("rows", []) for suite in model["accuracy"].get(row["version"], {})}
-    return sorted(seen, key=lambda s: (order.get(s, len(order)), s))
+
+def columns(model: dict) -> list[str]:
+    """Suites with a number in some row: targets first, then cores, each in order of first measurement."""
+    seen = list(dict.fromkeys(suite for row in model.get("rows", [])
+                              for suite in model["accuracy"].get(row["version"], {})))
+    return sorted(seen, key=lambda s: not _is_target(model, s))
 
 
 def gem_metrics(model: dict) -> dict[str, float | None]:
@@ -118,7 +128,7 @@ def gem_metrics(model: dict) -> dict[str, float | None]:
         if row["event"] == "promoted" and row["target_skill"]:
             learned_at[row["target_skill"]] = i
     for suite in columns(model):
-        if suite not in learned_at and not _is_target(suite):
+        if suite not in learned_at and not _is_target(model, suite):
             learned_at[suite] = 0
     acc_cells = [final[s] for s in learned_at if s in final]
     transfers = []
@@ -127,13 +137,6 @@ def gem_metrics(model: dict) -> dict[str, float | None]:
             transfers.append(final[suite] - acc[rows[t]["version"]][suite])
     return {"ACC": sum(acc_cells) / len(acc_cells) if acc_cells else None,
             "BWT": sum(transfers) / len(transfers) if transfers else None}
-
-
-def _is_target(suite: str) -> bool:
-    from continual_opd.skills import SKILLS
-
-    skill = SKILLS.get(suite)
-    return skill is not None and skill.role == "target"
 
 
 def render_markdown(model_name: str, model: dict) -> str:

@@ -1,0 +1,40 @@
+"""The evaluation suites: one per skill, drawn from its held-out split, identical for every model compared.
+
+The gate, the data contract's contamination check and the benchmark all call `build_suites`, so "the
+items the gate uses" has one definition. The default size certifies the gate's default margins: with
+about 540 items and no change at all, the paired 95% lower bound of the delta is already near -2 points,
+so a 2-point margin would fail on noise; at 1,000 items it does not (gates/default_policy.yaml).
+"""
+
+from continual_opd.skills import Catalogue, Item
+
+DEFAULT_SUITE_SIZE = 1000
+SUITE_SEED = 20261124
+
+
+def suite_names(catalogue: Catalogue, target_skill: str) -> list[str]:
+    """The target skill's suite first, then every core suite."""
+    return [target_skill, *[c for c in catalogue.core if c != target_skill]]
+
+
+def build_suites(catalogue: Catalogue, names: list[str], size: int = DEFAULT_SUITE_SIZE, seed: int = SUITE_SEED,
+                 sizes: dict[str, int] | None = None) -> dict[str, list[Item]]:
+    """Held-out items per suite; a skill with fewer held-out prompts than asked gets all it has."""
+    return {name: items_up_to(catalogue[name], "heldout", (sizes or {}).get(name, size), seed) for name in names}
+
+
+def items_up_to(skill, split: str, n: int, seed: int) -> list[Item]:
+    """`n` distinct items of a split, or fewer (a quarter, a sixteenth...) when the split has fewer prompts."""
+    while True:  # a skill with few prompts (mul) may need more than one step down
+        try:
+            return skill.items(split, n, seed=seed)
+        except ValueError:
+            if n < 4:
+                raise
+            n //= 4
+
+
+def all_suite_items(catalogue: Catalogue, size: int = DEFAULT_SUITE_SIZE) -> list[Item]:
+    """Every item any gate of this catalogue would evaluate: every target's and every core skill's suite."""
+    names = list(dict.fromkeys([*catalogue.targets, *catalogue.core]))
+    return [it for items in build_suites(catalogue, names, size).values() for it in items]

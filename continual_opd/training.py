@@ -1,0 +1,129 @@
+"""What every trainer of continual-opd needs, built in one place: the teacher stage, distillation and the benchmark.
+
+- `trainer_args`: the arguments every TRL config gets (device and precision, steps and schedule,
+  checkpoints, logging). TRL's configs default to bf16 and activation checkpointing, which fail or slow
+  down on a CPU, and to `report_to` integrations; the stages log to MLflow themselves.
+- `rollout_args`: how on-policy trainers sample (TRL's vLLM in colocate mode when it is installed and a
+  GPU is present; `model.generate` otherwise).
+- `heldout_callback`: held-out accuracy every N steps with the project's one decoder, the trainer's logs
+  and step times to MLflow, and optionally the best checkpoint kept on disk and early stopping.
+- `attach`: the trainer's stdout printer removed (the curves go to MLflow), the callbacks added.
+"""
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from continual_opd.decoding import skill_accuracy
+from continual_opd.modelio import save_model_atomic
+from continual_opd.skills import Catalogue, Item
+from continual_opd.tracking import MetricBuffer
+
+
+def trainer_args(*, output_dir: str | Path, steps: int, learning_rate: float, lr_schedule: str, warmup_steps: int,
+                 seed: int, save_every: int | None = None) -> dict:
+    """Keyword arguments shared by every TRL config the stages build (GRPO, distillation, SFT)."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return dict(
+        output_dir=str(output_dir), max_steps=steps, learning_rate=learning_rate, lr_scheduler_type=lr_schedule,
+        warmup_steps=warmup_steps, gradient_accumulation_steps=1, seed=seed,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu,
+        activation_checkpointing=False,  # TRL turns it on; on small models it only costs time (20-30% on a CPU)
+        report_to="none",  # the stages log to MLflow themselves, nested under the update's run
+        logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+        **(dict(save_strategy="steps", save_steps=save_every, save_total_limit=1) if save_every
+           else dict(save_strategy="no")),
+    )
+
+
+def use_vllm() -> bool:
+    """Sample rollouts with vLLM when it is installed and a GPU is present (an optional extra)."""
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+def rollout_args() -> dict:
+    """The sampling arguments of TRL's on-policy trainers (GRPO, distillation)."""
+    return dict(use_vllm=True, vllm_mode="colocate") if use_vllm() else dict(use_vllm=False)
+
+
+def attach(trainer, callbacks: Sequence = ()):
+    """Drop the trainer's per-step stdout printer (the stage logs to MLflow) and add `callbacks`."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    return trainer
+
+
+def heldout_callback(tokenizer, eval_sets: Mapping[str, list[Item]], catalogue: Catalogue, metrics: MetricBuffer, *,
+                     every: int, max_new_tokens: int, log_prefix: str, select: str | None = None,
+                     best_dir: Path | None = None, stop_at: float | None = None, completions_per_step: int = 0):
+    """A `TrainerCallback` measuring greedy held-out accuracy on `eval_sets` every `every` steps and at the end.
+
+    To MLflow (through `metrics`): `heldout/<skill>_acc`, `step_seconds`, and the trainer's logs as
+    `<log_prefix>/<name>`. Call `.evaluate(model, 0)` before training for the initial model's numbers.
+    With `select` (a skill of `eval_sets`): `best_dir` receives the model each time its accuracy there
+    beats every earlier evaluation (the initial model included), and `stop_at` ends training once it is
+    reached. `completions_per_step` counts sampled tokens from TRL's `completions/mean_length` log.
+    """
+    from transformers import TrainerCallback
+
+    class HeldoutEval(TrainerCallback):
+        def __init__(self):
+            self.initial: dict[str, float] = {}
+            self.latest: dict[str, float] = {}
+            self.history: list[tuple[int, dict[str, float]]] = []
+            self.last_step = -1
+            self.best_accuracy, self.best_step = float("-inf"), 0
+            self.tokens_sampled, self.completions = 0.0, 0
+            self._step_started = 0.0
+
+        def evaluate(self, model, step: int) -> dict[str, float]:
+            self.latest = {name: skill_accuracy(model, tokenizer, items, catalogue[name].verify,
+                                                max_new_tokens=max_new_tokens)[0]
+                           for name, items in eval_sets.items()}
+            if not self.initial:
+                self.initial = dict(self.latest)
+            self.last_step = step
+            self.history.append((step, dict(self.latest)))
+            metrics.add({f"heldout/{k}_acc": v for k, v in self.latest.items()}, step)
+            if select is not None and self.latest[select] > self.best_accuracy:
+                if step > 0 and best_dir is not None:
+                    save_model_atomic(model, tokenizer, best_dir)
+                self.best_accuracy, self.best_step = self.latest[select], step
+            metrics.flush()
+            return self.latest
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._step_started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            metrics.add({"step_seconds": time.perf_counter() - self._step_started}, state.global_step)
+            if state.global_step % every == 0:
+                latest = self.evaluate(model, state.global_step)
+                if stop_at is not None and select is not None and latest[select] >= stop_at:
+                    control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            metrics.add({f"{log_prefix}/{k}": v for k, v in logs.items()}, state.global_step)
+            if completions_per_step and "completions/mean_length" in logs:  # logging_steps=1: one log a step
+                self.tokens_sampled += logs["completions/mean_length"] * completions_per_step
+                self.completions += completions_per_step
+
+        def on_save(self, args, state, control, **kwargs):
+            metrics.flush()
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step > self.last_step:  # the steps after the last evaluation count too
+                self.evaluate(model, state.global_step)
+            metrics.flush()
+
+    return HeldoutEval()
