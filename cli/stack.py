@@ -17,7 +17,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where prefect.yaml is
 WORK_POOL = "continual-opd"
 
 
-def _bin(name: str) -> str:
+def venv_bin(name: str) -> str:
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else (shutil.which(name) or name)
 
@@ -42,7 +42,7 @@ def start_prefect_stack(port: int = 4200, env: dict | None = None, log_dir: Path
     env["PREFECT_API_URL"] = api
     log_dir = log_dir or (home.root / "logs")
     log_dir.mkdir(parents=True, exist_ok=True)
-    prefect = _bin("prefect")
+    prefect = venv_bin("prefect")
     procs = []
     server_log = open(log_dir / "prefect-server.log", "w")
     procs.append(subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -92,5 +92,5 @@ def mlflow_ui(port: int = 5000) -> int:
     uri = os.environ.get("MLFLOW_TRACKING_URI", home.tracking_uri)
     print(f"MLflow UI on {uri}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return subprocess.call([_bin("mlflow"), "ui", "--backend-store-uri", uri, "--default-artifact-root",
+    return subprocess.call([venv_bin("mlflow"), "ui", "--backend-store-uri", uri, "--default-artifact-root",
                             home.artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port)], env=env)

@@ -20,18 +20,7 @@ def suite_names(catalogue: Catalogue, target_skill: str) -> list[str]:
 def build_suites(catalogue: Catalogue, names: list[str], size: int = DEFAULT_SUITE_SIZE, seed: int = SUITE_SEED,
                  sizes: dict[str, int] | None = None) -> dict[str, list[Item]]:
     """Held-out items per suite; a skill with fewer held-out prompts than asked gets all it has."""
-    return {name: items_up_to(catalogue[name], "heldout", (sizes or {}).get(name, size), seed) for name in names}
-
-
-def items_up_to(skill, split: str, n: int, seed: int) -> list[Item]:
-    """`n` distinct items of a split, or fewer (a quarter, a sixteenth...) when the split has fewer prompts."""
-    while True:  # a skill with few prompts (mul) may need more than one step down
-        try:
-            return skill.items(split, n, seed=seed)
-        except ValueError:
-            if n < 4:
-                raise
-            n //= 4
+    return {name: catalogue[name].items("heldout", (sizes or {}).get(name, size), seed=seed) for name in names}
 
 
 def all_suite_items(catalogue: Catalogue, size: int = DEFAULT_SUITE_SIZE) -> list[Item]:

@@ -1,13 +1,14 @@
 """Bootstrap the demo world: pretrain a base and register it as the first `champion`.
 
-The base is a pure function of (recipe source, seed), so the pretrained folder is cached per machine
-under `$CONTINUAL_OPD_CACHE` (default `~/.cache/continual-opd`), keyed by a hash of the demo-world
-code and the seed: a second home, a test session or CI on the same machine reuses it instead of
-pretraining for minutes again. Registration is per home and idempotent: bootstrapping a home that
+The base is a pure function of its recipe, so the pretrained folder is cached per machine under
+`$CONTINUAL_OPD_CACHE` (default `~/.cache/continual-opd`), keyed by a digest of what the base is made
+from (`recipe_key`): a second home, a test session or CI on the same machine reuses it instead of
+pretraining for minutes again, and any change that could change the weights makes a new base. Registration is per home and idempotent: bootstrapping a home that
 already has a champion is a no-op unless forced.
 """
 
 import hashlib
+import inspect
 import json
 import os
 from dataclasses import asdict
@@ -17,21 +18,27 @@ from continual_opd import registry
 from continual_opd.home import Home, current_home, file_lock, prepare_stores
 from continual_opd.modelio import copy_model_folder_atomic, save_model_atomic
 from continual_opd.records import ModelRef
-from demo_world.model import build_tiny_model
-from demo_world.pretrain import PretrainConfig, pretrain
+from demo_world.model import build_tiny_model, tiny_llama_config
+from demo_world.pretrain import PretrainConfig, encode_examples, pretrain, recipe_data
 from demo_world.skills import SKILLS
 from demo_world.tokenizer import build_tokenizer
 
 BOOTSTRAP_EXPERIMENT = "bootstrap"
-_RECIPE_FILES = ("skills.py", "tokenizer.py", "model.py", "pretrain.py")
 
 
 def recipe_key(cfg: PretrainConfig) -> str:
-    here = Path(__file__).parent
-    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
-    for name in _RECIPE_FILES:
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:16]
+    """A digest of what the base is made from: the recipe's settings, the tokenizer's vocabulary, the model's
+    config, every item the recipe draws (train pools and early-stopping sets), and the source of the code that
+    builds and trains the model. Edits that cannot change the weights (docstrings elsewhere, logging, other
+    skills' code) keep the key, so they do not cost every machine a re-pretraining."""
+    tokenizer = build_tokenizer()
+    model_config = {k: v for k, v in tiny_llama_config(tokenizer).to_dict().items() if k != "transformers_version"}
+    pools, eval_sets = recipe_data(cfg)
+    parts = [asdict(cfg), sorted(tokenizer.get_vocab().items()), model_config,
+             {sid: [[it.prompt, it.answer] for it in items] for sid, items in {**pools, **{
+                 f"eval:{k}": v for k, v in eval_sets.items()}}.items()},
+             *(inspect.getsource(f) for f in (pretrain, encode_examples, build_tiny_model))]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cache_root() -> Path:

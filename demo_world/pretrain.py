@@ -56,6 +56,14 @@ def evaluate_skills(model, tokenizer, eval_sets) -> dict[str, float]:
     return {sid: skill_accuracy(model, tokenizer, items, SKILLS[sid].verify)[0] for sid, items in eval_sets.items()}
 
 
+def recipe_data(cfg: PretrainConfig) -> tuple[dict, dict]:
+    """The train pools and the held-out early-stopping sets one pretraining draws, per skill."""
+    skills = [*CORE_SKILLS, *cfg.mix]
+    pools = {sid: SKILLS[sid].items("train", 2500, seed=cfg.seed) for sid in skills}
+    eval_sets = {sid: SKILLS[sid].items("heldout", cfg.eval_items, seed=cfg.seed + 1000) for sid in skills}
+    return pools, eval_sets
+
+
 def pretrain(model, tokenizer, cfg: PretrainConfig, log=print) -> dict:
     """Train in place; returns the accuracies at the stopping step and the curve of evaluations."""
     import torch
@@ -69,9 +77,7 @@ def pretrain(model, tokenizer, cfg: PretrainConfig, log=print) -> dict:
         return list(weights), list(weights.values())
 
     names, probs = batch_weights(cfg.core_first_mix)
-    weights = dict(zip(*batch_weights(cfg.mix), strict=True))
-    pools = {sid: SKILLS[sid].items("train", 2500, seed=cfg.seed) for sid in weights}
-    eval_sets = {sid: SKILLS[sid].items("heldout", cfg.eval_items, seed=cfg.seed + 1000) for sid in weights}
+    pools, eval_sets = recipe_data(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * max(0.1, 0.5 * (1 + math.cos(math.pi * s / cfg.max_steps)))

@@ -21,7 +21,7 @@ from continual_opd.decoding import answer_tokens, greedy_complete
 from continual_opd.modelio import load_model
 from continual_opd.prompts import as_trl_completion, as_trl_prompt
 from continual_opd.skills import Catalogue
-from continual_opd.suites import build_suites, items_up_to, suite_names
+from continual_opd.suites import build_suites, suite_names
 from continual_opd.tracking import MetricBuffer
 from continual_opd.training import attach, heldout_callback, rollout_args, trainer_args
 from tasks import routed_distillation
@@ -52,7 +52,7 @@ def training_rows(targets, cfg: DistillConfig, catalogue: Catalogue,
         replayed = list(catalogue.core if replayed is None else replayed)
         per_skill = math.ceil(cfg.steps * n_replay / len(replayed))
         for name in replayed:
-            pool = items_up_to(catalogue[name], "train", per_skill, cfg.seed)  # few-prompt skills (mul) repeat
+            pool = catalogue[name].items("train", per_skill, seed=cfg.seed)  # few-prompt skills (mul) repeat
             replay.extend((pool * math.ceil(per_skill / len(pool)))[:per_skill])
         rng.shuffle(replay)
 

@@ -287,12 +287,11 @@ def heldout_sets(skill, rows, cfg: TeacherConfig):
     judging on the same items would flatter the teacher.
     """
     trained = {it.prompt for it in rows}
-    try:
-        drawn = skill.items("heldout", cfg.eval_items + cfg.gate_items, seed=cfg.seed)
-    except ValueError as exc:  # a skill with few prompts (the demo's mul has 192 held-out)
-        raise ValueError(f"{exc}: the teacher stage needs eval_items + gate_items = "
-                         f"{cfg.eval_items} + {cfg.gate_items} of them. Lower both so they fit, e.g. "
-                         "--set teacher.eval_items=64 --set teacher.gate_items=128") from exc
+    drawn = skill.items("heldout", cfg.eval_items + cfg.gate_items, seed=cfg.seed)
+    if len(drawn) < cfg.eval_items + cfg.gate_items:  # a skill with few prompts (the demo's mul has 192 held-out)
+        raise ValueError(f"skill {skill.id!r} has {len(drawn)} held-out items; the teacher stage needs eval_items + "
+                         f"gate_items = {cfg.eval_items} + {cfg.gate_items} of them. Lower both so they fit, e.g. "
+                         "--set teacher.eval_items=64 --set teacher.gate_items=128")
     clean = [it for it in drawn if it.prompt not in trained]
     eval_set, gate_set = clean[:cfg.eval_items], clean[cfg.eval_items:]
     if not eval_set or not gate_set:

@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from continual_opd.stack import _bin, wait_http
+from cli.stack import venv_bin, wait_http
 
 APP_ROLE = "continual_opd"
 
@@ -223,7 +223,7 @@ def launch_mlflow_server(backend_uri: str, artifacts_destination: str, port: int
     # The database URI (it holds a password) goes through the environment, not argv, which `ps` shows to all.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_BACKEND_STORE_URI": backend_uri,
            **(env or {})}
-    argv = [_bin("mlflow"), "server", "--artifacts-destination", artifacts_destination, "--host", "127.0.0.1",
+    argv = [venv_bin("mlflow"), "server", "--artifacts-destination", artifacts_destination, "--host", "127.0.0.1",
             "--port", str(port), "--workers", str(workers)]
     if auth_config is not None:
         if admin is None:
@@ -256,7 +256,7 @@ def launch_prefect_server(database_url: str, port: int, prefect_home: Path, log_
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
     env.pop("PREFECT_API_URL", None)  # a client setting; the server must not be pointed at another API
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        proc = subprocess.Popen([venv_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     return Server("prefect server", proc, url, f"{url}/health", Path(log_path))
