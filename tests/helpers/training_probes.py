@@ -40,13 +40,20 @@ def changed_fraction(before: dict, after: dict) -> float:
 
 
 def first_step_recorder():
-    """A callback keeping the gradients (before the first optimizer step) and the first logged loss."""
+    """A callback keeping the gradients (before the first optimizer step) and the first logged loss.
+
+    It turns gradient clipping off when training begins: clipping rescales any gradient to the same norm, so it
+    would hide a loss that is off by a constant factor.
+    """
     from transformers import TrainerCallback
 
     class FirstStep(TrainerCallback):
         def __init__(self):
             self.grads: dict | None = None
             self.loss: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            args.max_grad_norm = 0.0
 
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             if self.grads is None:
