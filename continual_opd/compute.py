@@ -17,9 +17,9 @@ arguments (`training.trainer_args`). A stage's plain function takes the section 
 
 Trained models are saved as trained (fp32): rounding them to bf16 on save would erase small updates too.
 
-vLLM (`rollout_args` in `training`): when the `vllm` package is installed and a GPU is present, the on-policy
-stages sample with TRL's vLLM in colocate mode, which shares the training GPU; the two settings here bound the
-memory it reserves.
+Rollouts (`rollouts`, read by `training.rollout_args`): with `auto`, the on-policy stages sample with TRL's
+vLLM in colocate mode (it shares the training GPU) when the `vllm` package is installed and a GPU is present,
+and with `model.generate` otherwise; `generate` and `vllm` choose one. Two settings bound vLLM's memory.
 """
 
 from typing import Literal
@@ -29,6 +29,7 @@ from pydantic import Field
 from continual_opd.config import StrictConfig
 
 Precision = Literal["auto", "fp32", "bf16-mixed"]
+Rollouts = Literal["auto", "generate", "vllm"]
 MIXED = "bf16-mixed"
 
 
@@ -38,6 +39,8 @@ class ComputeConfig(StrictConfig):
     precision: Precision = Field("auto", description="auto (bf16-mixed on a GPU with bf16, fp32 elsewhere), fp32, "
                                                      "or bf16-mixed (fp32 trained weights under bf16 autocast, "
                                                      "frozen models in bf16 on a GPU).")
+    rollouts: Rollouts = Field("auto", description="How the on-policy stages sample: auto (vLLM when installed and "
+                                                   "a GPU is present, else model.generate), generate, or vllm.")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, description="Share of the GPU's memory that vLLM "
                                                                            "reserves for weights and KV cache when "
                                                                            "it samples rollouts beside training.")

@@ -58,18 +58,24 @@ def micro_batches(batch_size: int, micro_batch_size: int | None, setting: str = 
     return micro_batch_size, batch_size // micro_batch_size
 
 
-def use_vllm() -> bool:
-    """Sample rollouts with vLLM when it is installed and a GPU is present (an optional extra)."""
+def use_vllm(compute: ComputeConfig = DEFAULT_COMPUTE) -> bool:
+    """Whether rollouts are sampled with vLLM (`compute.rollouts`; `auto`: when it is installed and a GPU is present)."""
     import importlib.util
 
     import torch
 
-    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+    if compute.rollouts == "generate":
+        return False
+    available = torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+    if compute.rollouts == "vllm" and not available:
+        raise ValueError("compute.rollouts=vllm needs a CUDA GPU and the vllm package (pip install vllm); "
+                         "set compute.rollouts to auto or generate on this machine")
+    return available
 
 
 def rollout_args(compute: ComputeConfig = DEFAULT_COMPUTE) -> dict:
     """The sampling arguments of TRL's on-policy trainers (GRPO, distillation)."""
-    if not use_vllm():
+    if not use_vllm(compute):
         return dict(use_vllm=False)
     return dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=compute.vllm_gpu_memory_utilization,
                 vllm_max_model_length=compute.vllm_max_model_length)
@@ -79,7 +85,7 @@ def compute_params(compute: ComputeConfig) -> dict[str, str]:
     """How a stage ran, for its MLflow params: device, resolved training precision, rollout engine."""
     device = pick_device()
     return {"compute.device": device, "compute.precision": training_precision(compute.precision, device),
-            "compute.rollouts": "vllm" if use_vllm() else "generate"}
+            "compute.rollouts": "vllm" if use_vllm(compute) else "generate"}
 
 
 def attach(trainer, callbacks: Sequence = ()):
