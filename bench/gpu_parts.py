@@ -37,7 +37,7 @@ def check_config(sizes: Sizes) -> DistillConfig:
     return DistillConfig(steps=sizes.check_steps, prompts_per_step=sizes.check_prompts, learning_rate=CHECK_LR,
                          lr_schedule="constant", eval_every=sizes.check_steps, eval_items=sizes.accuracy_items,
                          checkpoint_every=10 * sizes.check_steps, registered_model="bench-gpu-student",
-                         max_initial_kl=50.0)  # a supervised teacher is sharper than an RL one; the guard is not measured
+                         max_initial_kl=50.0)  # a supervised teacher is sharper than an RL one; no guard measured
 
 
 def weight_change(before: dict, after: dict) -> dict[str, float]:
@@ -79,7 +79,8 @@ def teacher_part(work: Path, sizes: Sizes) -> dict:
     metrics, params = run.data.metrics, run.data.params
     history = registry.client().get_metric_history(run_id, "step_seconds")
     step_seconds = sorted(m.value for m in history)
-    return {"outcome": outcome, "steps": metrics.get("teacher/steps"), "train_seconds": metrics["teacher/train_seconds"],
+    return {"outcome": outcome, "steps": metrics.get("teacher/steps"),
+            "train_seconds": metrics["teacher/train_seconds"],
             "completions_per_step": cfg.completions_per_step, "tokens_sampled": metrics["teacher/tokens_sampled"],
             "sampled_tokens_per_training_second": metrics["teacher/tokens_sampled"] / metrics["teacher/train_seconds"],
             "median_step_seconds": step_seconds[len(step_seconds) // 2] if step_seconds else None,
@@ -123,7 +124,8 @@ def bf16_part(work: Path, sizes: Sizes) -> dict:
     cfg = check_config(sizes)
     student, tokenizer = load_model(champion.folder, dtype=torch.bfloat16)
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
-    trainer = routed_trainer(student, tokenizer, load_batch(batch.path), champion, teacher, cfg, CATALOGUE, work / "bf16-trainer")
+    trainer = routed_trainer(student, tokenizer, load_batch(batch.path), champion, teacher, cfg, CATALOGUE,
+                             work / "bf16-trainer")
     with peak_memory() as memory:
         attach(trainer).train()
     model = trainer.model

@@ -17,11 +17,11 @@ def part_env(home: Path) -> dict:
 
 
 def run_lanes(jobs: list[tuple[str, list[str], Path]], lanes: int, log, keep_going: bool = False,
-              log_name=lambda name: "bench.log") -> dict[str, float]:
+              log_name=lambda name: "bench.log", timeout: float | None = None) -> dict[str, float]:
     """Run (name, argv, home) jobs, `lanes` at a time, in order. Returns seconds per finished job.
 
-    A failed job stops the run (`SystemExit` naming its log), or with `keep_going` is logged, left out of the
-    result and the next job starts.
+    A failed job (or one killed after `timeout` seconds) stops the run (`SystemExit` naming its log), or with
+    `keep_going` is logged, left out of the result and the next job starts.
     """
     pending, running, seconds = list(jobs), {}, {}
     while pending or running:
@@ -34,6 +34,10 @@ def run_lanes(jobs: list[tuple[str, list[str], Path]], lanes: int, log, keep_goi
                              time.perf_counter(), logf)
         time.sleep(2)
         for name, (proc, started, logf) in list(running.items()):
+            if proc.poll() is None and timeout is not None and time.perf_counter() - started > timeout:
+                log(f"{name} ran past {timeout:.0f}s: killing it")
+                proc.kill()
+                proc.wait()
             if proc.poll() is None:
                 continue
             logf.close()

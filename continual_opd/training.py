@@ -59,7 +59,7 @@ def micro_batches(batch_size: int, micro_batch_size: int | None, setting: str = 
 
 
 def use_vllm(compute: ComputeConfig = DEFAULT_COMPUTE) -> bool:
-    """Whether rollouts are sampled with vLLM (`compute.rollouts`; `auto`: when it is installed and a GPU is present)."""
+    """Whether rollouts are sampled with vLLM (`compute.rollouts`; `auto`: when installed and a GPU is present)."""
     import importlib.util
 
     import torch

@@ -130,7 +130,8 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
 
 
 def _args(cfg: DistillConfig, work: Path, compute: ComputeConfig) -> dict:
-    """Every method's arguments: a step of `prompts_per_step` completions, in micro-batches, at `compute`'s precision."""
+    """Every method's arguments: a step of `prompts_per_step` completions, in micro-batches, at `compute`'s
+    precision."""
     return trainer_args(output_dir=work / "trainer", steps=cfg.steps, learning_rate=cfg.learning_rate,
                         lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
                         batch_size=cfg.prompts_per_step, micro_batch_size=cfg.micro_batch_size,
