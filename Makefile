@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast bench bench-quick serve mlflow-ui clean
+.PHONY: install demo test test-fast bench bench-quick bench-gpu bench-gpu-smoke serve mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ bench: $(STAMP)
 # The same machinery at tiny budgets (a few minutes); its numbers mean nothing and it writes outside docs/.
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick --out .continual-opd/bench-quick
+
+# The three stages on a GPU with a ~100M-parameter model built locally (docs/real-models.md): writes
+# docs/bench/gpu-<device>.md and .json. Needs CUDA; about 6-8 minutes on one H100.
+bench-gpu: $(STAMP)
+	$(PY) -m bench.gpu --out docs/bench
+
+# The same parts at tiny sizes on a CPU (about 3 minutes): checks the machinery, measures nothing.
+bench-gpu-smoke: $(STAMP)
+	$(PY) -m bench.gpu --cpu-smoke
 
 serve: $(STAMP)
 	$(VENV)/bin/continual-opd serve

@@ -10,7 +10,6 @@ the bench run itself is logged to the home's MLflow (experiment `bench`) with ev
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ from pathlib import Path
 from bench import report
 from bench.continual import continual_markdown
 from bench.grid import GridConfig, teacher_curve
+from bench.lanes import run_lanes
 from bench.step_efficiency import markdown as step_markdown
 from continual_opd.home import Home, current_home, prepare_stores
 from continual_opd.tracking import code_revision
@@ -26,37 +26,6 @@ from continual_opd.tracking import code_revision
 QUICK = GridConfig(seeds=(0, 1), steps=10, prompts_per_step=32, teacher_steps=10, teacher_gate_margin=0.0,
                    batch_rows=256, probe_every=5, probe_items=40, kl_prompts=32)
 LANES = 2
-
-
-def _env(home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL")}
-    return {**env, "CONTINUAL_OPD_HOME": str(home), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _run_lanes(jobs: list[tuple[str, list[str], Path]], lanes: int, log) -> dict[str, float]:
-    """Run (name, argv, home) jobs, `lanes` at a time, in order; stop at the first failure. Returns seconds."""
-    pending, running, seconds = list(jobs), {}, {}
-    while pending or running:
-        while pending and len(running) < lanes:
-            name, argv, home = pending.pop(0)
-            home.mkdir(parents=True, exist_ok=True)
-            logf = open(home / "bench.log", "w")
-            log(f"start {name} (log: {home / 'bench.log'})")
-            running[name] = (subprocess.Popen(argv, env=_env(home), stdout=logf, stderr=subprocess.STDOUT),
-                             time.perf_counter(), logf)
-        time.sleep(2)
-        for name, (proc, started, logf) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            logf.close()
-            del running[name]
-            seconds[name] = time.perf_counter() - started
-            log(f"done {name}: exit {proc.returncode} after {seconds[name]:.0f}s")
-            if proc.returncode != 0:
-                for other, (p, _, _) in running.items():
-                    p.terminate()
-                raise SystemExit(f"bench part {name} failed (exit {proc.returncode}); see {Path(logf.name)}")
-    return seconds
 
 
 def main(argv=None) -> int:
@@ -83,7 +52,7 @@ def main(argv=None) -> int:
         print(f"[bench {time.perf_counter() - started:6.0f}s] {msg}", flush=True)
 
     py = sys.executable
-    seconds = _run_lanes([("step_efficiency", [py, "-m", "bench.step_efficiency", "--out",
+    seconds = run_lanes([("step_efficiency", [py, "-m", "bench.step_efficiency", "--out",
                                                str(work / "step_efficiency.json")], work / "step-efficiency")],
                          1, log)
     jobs = []
@@ -94,7 +63,7 @@ def main(argv=None) -> int:
         seed_cfg = cfg.model_copy(update={"seeds": (seed,)})
         jobs.append((f"grid seed {seed}", [py, "-m", "bench.grid", "--config", seed_cfg.model_dump_json(), "--out",
                                            str(work / f"grid-seed{seed}.json")], work / f"grid-seed{seed}"))
-    seconds |= _run_lanes(jobs, LANES, log)
+    seconds |= run_lanes(jobs, LANES, log)
 
     grid = {"config": cfg.model_dump(), "seeds": []}
     for seed in cfg.seeds:

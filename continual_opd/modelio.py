@@ -2,7 +2,9 @@
 
 A model folder is an ordinary Hugging Face folder (config, safetensors weights, tokenizer). It is
 written to a temporary sibling and renamed into place only when complete, so a crash never leaves a
-half-written folder that could be registered. Loading refuses pickled weights and remote code.
+half-written folder that could be registered. Loading refuses pickled weights and remote code, and
+gives a model the dtype its role needs (`continual_opd.compute`): fp32 weights for a model that is trained,
+bf16 for a frozen one on a GPU under bf16-mixed precision.
 """
 
 import contextlib
@@ -12,6 +14,8 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+
+from continual_opd.compute import Precision, weights_dtype
 
 
 class ModelFolderError(ValueError):
@@ -66,16 +70,21 @@ def load_tokenizer(folder: str | Path, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(folder: str | Path, trust_remote_code: bool = False, device: str | None = None, dtype=None):
-    """Load (model, tokenizer) from a local folder: safetensors only, remote code off unless asked for."""
-    import torch
+def load_model(folder: str | Path, trust_remote_code: bool = False, device: str | None = None, dtype=None, *,
+               frozen: bool = False, precision: Precision = "auto"):
+    """Load (model, tokenizer) from a local folder: safetensors only, remote code off unless asked for.
+
+    The weights' dtype follows the model's role: `frozen=False` (a model that will be trained, or saved after
+    training) loads fp32 master weights; `frozen=True` (teachers scoring, the anchor, evaluation) loads bf16 on
+    a GPU when `precision` resolves to bf16-mixed. An explicit `dtype` overrides both.
+    """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     folder = check_model_folder(folder, trust_remote_code)
     device = device or pick_device()
     if dtype is None:
-        dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+        dtype = weights_dtype(precision, device, frozen=frozen)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype, local_files_only=True

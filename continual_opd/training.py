@@ -1,10 +1,13 @@
 """What every trainer of continual-opd needs, built in one place: the teacher stage, distillation and the benchmark.
 
-- `trainer_args`: the arguments every TRL config gets (device and precision, steps and schedule,
-  checkpoints, logging). TRL's configs default to bf16 and activation checkpointing, which fail or slow
-  down on a CPU, and to `report_to` integrations; the stages log to MLflow themselves.
+- `trainer_args`: the arguments every TRL config gets (device and precision, batch and micro-batch, steps
+  and schedule, checkpoints, logging). TRL's configs default to bf16 and activation checkpointing, which fail
+  or slow down on a CPU, and to `report_to` integrations; the stages log to MLflow themselves. Precision
+  follows `continual_opd.compute` (bf16 autocast over fp32 weights, or fp32).
+- `micro_batches`: a step's completions split into micro-batches whose gradients accumulate (TRL's
+  on-policy trainers sample the whole step at once, then accumulate: the update equals the full batch's).
 - `rollout_args`: how on-policy trainers sample (TRL's vLLM in colocate mode when it is installed and a
-  GPU is present; `model.generate` otherwise).
+  GPU is present, sized by `ComputeConfig`; `model.generate` otherwise).
 - `heldout_callback`: held-out accuracy every N steps with the project's one decoder, the trainer's logs
   and step times to MLflow, and optionally the best checkpoint kept on disk and early stopping.
 - `attach`: the trainer's stdout printer removed (the curves go to MLflow), the callbacks added.
@@ -14,22 +17,27 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig, Precision, bf16_autocast, training_precision
 from continual_opd.decoding import skill_accuracy
-from continual_opd.modelio import save_model_atomic
+from continual_opd.modelio import pick_device, save_model_atomic
 from continual_opd.skills import Catalogue, Item
 from continual_opd.tracking import MetricBuffer
 
 
 def trainer_args(*, output_dir: str | Path, steps: int, learning_rate: float, lr_schedule: str, warmup_steps: int,
-                 seed: int, save_every: int | None = None) -> dict:
-    """Keyword arguments shared by every TRL config the stages build (GRPO, distillation, SFT)."""
-    import torch
+                 seed: int, batch_size: int, micro_batch_size: int | None = None, precision: Precision = "auto",
+                 save_every: int | None = None) -> dict:
+    """Keyword arguments shared by every TRL config the stages build (GRPO, distillation, SFT).
 
-    on_gpu = torch.cuda.is_available()
+    `batch_size` counts what one optimizer step trains on (completions); `micro_batch_size` splits it.
+    """
+    device = pick_device()
+    per_device, accumulation = micro_batches(batch_size, micro_batch_size)
     return dict(
         output_dir=str(output_dir), max_steps=steps, learning_rate=learning_rate, lr_scheduler_type=lr_schedule,
-        warmup_steps=warmup_steps, gradient_accumulation_steps=1, seed=seed,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu,
+        warmup_steps=warmup_steps, seed=seed,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
+        bf16=bf16_autocast(precision, device), use_cpu=device == "cpu",
         activation_checkpointing=False,  # TRL turns it on; on small models it only costs time (20-30% on a CPU)
         report_to="none",  # the stages log to MLflow themselves, nested under the update's run
         logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
@@ -38,18 +46,46 @@ def trainer_args(*, output_dir: str | Path, steps: int, learning_rate: float, lr
     )
 
 
-def use_vllm() -> bool:
-    """Sample rollouts with vLLM when it is installed and a GPU is present (an optional extra)."""
+def micro_batches(batch_size: int, micro_batch_size: int | None, setting: str = "micro_batch_size",
+                  of: str = "the batch") -> tuple[int, int]:
+    """(micro-batch size, accumulation steps) of a step of `batch_size`; raises ValueError naming `setting`."""
+    if micro_batch_size is None:
+        return batch_size, 1
+    if micro_batch_size > batch_size or batch_size % micro_batch_size:
+        fits = [d for d in range(1, batch_size + 1) if batch_size % d == 0]
+        raise ValueError(f"{setting} ({micro_batch_size}) must divide {of} ({batch_size}) into equal passes: "
+                         f"set it to one of {', '.join(map(str, fits))}, or leave it empty (one pass)")
+    return micro_batch_size, batch_size // micro_batch_size
+
+
+def use_vllm(compute: ComputeConfig = DEFAULT_COMPUTE) -> bool:
+    """Whether rollouts are sampled with vLLM (`compute.rollouts`; `auto`: when installed and a GPU is present)."""
     import importlib.util
 
     import torch
 
-    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+    if compute.rollouts == "generate":
+        return False
+    available = torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+    if compute.rollouts == "vllm" and not available:
+        raise ValueError("compute.rollouts=vllm needs a CUDA GPU and the vllm package (pip install vllm); "
+                         "set compute.rollouts to auto or generate on this machine")
+    return available
 
 
-def rollout_args() -> dict:
+def rollout_args(compute: ComputeConfig = DEFAULT_COMPUTE) -> dict:
     """The sampling arguments of TRL's on-policy trainers (GRPO, distillation)."""
-    return dict(use_vllm=True, vllm_mode="colocate") if use_vllm() else dict(use_vllm=False)
+    if not use_vllm(compute):
+        return dict(use_vllm=False)
+    return dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=compute.vllm_gpu_memory_utilization,
+                vllm_max_model_length=compute.vllm_max_model_length)
+
+
+def compute_params(compute: ComputeConfig) -> dict[str, str]:
+    """How a stage ran, for its MLflow params: device, resolved training precision, rollout engine."""
+    device = pick_device()
+    return {"compute.device": device, "compute.precision": training_precision(compute.precision, device),
+            "compute.rollouts": "vllm" if use_vllm(compute) else "generate"}
 
 
 def attach(trainer, callbacks: Sequence = ()):

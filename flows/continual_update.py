@@ -67,19 +67,22 @@ def validate_task(batch_path: str, batch_sha256: str, params: UpdateParams, toke
 
 @task(name="teacher-rl", **stage)
 def teacher_rl_task(batch: AcceptedBatch, champion: ModelRef, params: UpdateParams, parent_run_id: str) -> Teacher:
-    return train_teacher(batch, champion, params.teacher, params.catalogue(), current_home(), parent_run_id)
+    return train_teacher(batch, champion, params.teacher, params.catalogue(), current_home(), parent_run_id,
+                         compute=params.compute)
 
 
 @task(name="distill", **stage)
 def distill_task(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, params: UpdateParams,
                  parent_run_id: str) -> Candidate:
-    return distill(batch, champion, teacher, params.distill, params.catalogue(), current_home(), parent_run_id)
+    return distill(batch, champion, teacher, params.distill, params.catalogue(), current_home(), parent_run_id,
+                   compute=params.compute)
 
 
 @task(name="evaluate", **stage)
 def evaluate_task(champion: ModelRef, candidate: Candidate, skill: str, params: UpdateParams,
                   parent_run_id: str) -> EvalReport:
-    return evaluate(champion, candidate, skill, params.evaluation, params.catalogue(), current_home(), parent_run_id)
+    return evaluate(champion, candidate, skill, params.evaluation, params.catalogue(), current_home(), parent_run_id,
+                    compute=params.compute)
 
 
 @task(name="gate", **stage)

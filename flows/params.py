@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from continual_opd.compute import ComputeConfig
 from continual_opd.config import StrictConfig
 from continual_opd.registry import STUDENT_MODEL
 from continual_opd.skill_files import load_catalogue
@@ -33,6 +34,8 @@ class UpdateSettings(StrictConfig):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="On-policy distillation settings.")
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="Forgetting-suite settings.")
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate settings.")
+    compute: ComputeConfig = Field(default_factory=ComputeConfig, description="How every stage uses the machine: "
+                                                                              "precision and vLLM rollouts.")
 
     @model_validator(mode="after")
     def _skill_files_load(self):

@@ -25,11 +25,13 @@ from collections.abc import Sequence
 from continual_opd import accuracy_matrix, registry
 from continual_opd.batch_io import load_batch
 from continual_opd.compat import IncompatibleModels, check_distillable
+from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig, training_precision
 from continual_opd.home import Home, file_lock
-from continual_opd.modelio import save_model_atomic
+from continual_opd.modelio import pick_device, save_model_atomic
 from continual_opd.records import AcceptedBatch, Candidate, ModelRef, Teacher
 from continual_opd.skills import Catalogue
 from continual_opd.tracking import MetricBuffer, code_revision, current_flow_run_id, stage_run
+from continual_opd.training import compute_params
 from tasks.distill_config import DistillationGuardError, DistillConfig
 from tasks.distill_training import train_candidate
 
@@ -38,19 +40,22 @@ REPORT_FILE = "distill_report.json"
 
 
 def distill(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: DistillConfig, catalogue: Catalogue,
-            home: Home, parent_run_id: str | None = None, *, callbacks: Sequence = ()) -> Candidate:
+            home: Home, parent_run_id: str | None = None, *, callbacks: Sequence = (),
+            compute: ComputeConfig = DEFAULT_COMPUTE) -> Candidate:
     """Distil `teacher` (target prompts) and `champion` (replay prompts) into a copy of the champion.
 
     Registers the result as a new version of `cfg.registered_model` with alias `candidate`. Rerunning with
     the same inputs returns the already registered candidate, or resumes an interrupted run from its last
     checkpoint. `callbacks` are extra `transformers.TrainerCallback`s (tests use one to interrupt a run).
+    `compute` says how the machine is used (precision, vLLM rollouts; `continual_opd.compute`).
     """
     skill = catalogue[batch.skill]
     targets = [it for it in load_batch(batch.path) if it.skill == batch.skill]
     if not targets:
         raise ValueError(f"batch {batch.path} has no rows of skill {batch.skill!r}: nothing to distil")
     replayed = replay_skills(cfg, catalogue, skill.id, home, champion.name)
-    key = candidate_key(batch, champion, teacher, cfg, catalogue, replayed)
+    key = candidate_key(batch, champion, teacher, cfg, catalogue, replayed,
+                        training_precision(compute.precision, pick_device()))
     short = key.split(":")[-1]
     with file_lock(home.locks / f"distill-{short}.lock"):  # one process trains a given candidate
         existing = registry.find_version(cfg.registered_model, key)
@@ -61,7 +66,7 @@ def distill(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: Dis
                 except IncompatibleModels as exc:
                     raise DistillationGuardError(str(exc)) from exc
             existing = _train_and_register(targets, skill, batch, champion, teacher, cfg, catalogue, home, key,
-                                           parent_run_id, list(callbacks), replayed)
+                                           parent_run_id, list(callbacks), replayed, compute)
         version = str(existing.version)  # MLflow 3 gives versions as int; records carry str
         registry.client().set_registered_model_alias(cfg.registered_model, registry.CANDIDATE, version)
     folder = registry.local_folder(existing)
@@ -78,16 +83,19 @@ def replay_skills(cfg: DistillConfig, catalogue: Catalogue, target: str, home: H
 
 
 def candidate_key(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: DistillConfig,
-                  catalogue: Catalogue, replayed: Sequence[str] = ()) -> str:
-    """The registration key: same champion, teacher, data, settings and replayed skills: the same candidate."""
+                  catalogue: Catalogue, replayed: Sequence[str] = (), precision: str = "fp32") -> str:
+    """The registration key: same champion, teacher, data, settings, replayed skills and training precision
+    (resolved: fp32 or bf16-mixed): the same candidate."""
     extra = [s for s in replayed if s not in catalogue.core]  # core-only replay keeps the keys it always had
     blob = json.dumps([champion.name, champion.version, teacher.model.name, teacher.model.version, batch.skill,
-                       batch.digest, cfg.config_hash(), *([extra] if extra else [])])
+                       batch.digest, cfg.config_hash(), *([extra] if extra else []),
+                       *([precision] if precision != "fp32" else [])])  # fp32 (every CPU run) keeps its keys
     return f"distill:{batch.skill}:{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
 def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillConfig, catalogue: Catalogue,
-                        home: Home, key: str, parent_run_id, extra_callbacks, replayed: Sequence[str]) -> object:
+                        home: Home, key: str, parent_run_id, extra_callbacks, replayed: Sequence[str],
+                        compute: ComputeConfig) -> object:
     import mlflow
 
     short = key.split(":")[-1][:16]
@@ -101,10 +109,10 @@ def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillCo
                            "replayed_skills": ",".join(replayed) if cfg.replay_per_step else "",
                            "batch_rows": len(targets), "champion": f"{champion.name}/{champion.version}",
                            "teacher": f"{teacher.model.name}/{teacher.model.version}",
-                           "registration_key": key})
+                           "registration_key": key, **compute_params(compute)})
         logger = MetricBuffer(run.info.run_id)
         model, tokenizer, metrics = train_candidate(targets, skill, champion, teacher, cfg, catalogue, work, logger,
-                                                    extra_callbacks, replayed)
+                                                    extra_callbacks, replayed, compute)
         report = {"registration_key": key, **lineage, "skill": skill.id, "metrics": metrics}
         save_model_atomic(model, tokenizer, dest, extra_files={REPORT_FILE: json.dumps(report, indent=1)})
         version = registry.register_folder(

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from continual_opd import registry
 from continual_opd.config import StrictConfig
+from continual_opd.training import micro_batches
 
 Method = Literal["opd", "opd_no_replay", "sft_teacher_samples", "grpo"]
 TARGET_ROUTE, ANCHOR_ROUTE = "target", "anchor"
@@ -39,6 +40,11 @@ class DistillConfig(StrictConfig):
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
     prompts_per_step: int = Field(256, ge=1, description="Sampled completions per step, for every method (the "
                                                          "rollout budget).")
+    micro_batch_size: int | None = Field(None, ge=1, description="Completions per forward/backward pass: a step's "
+                                                                 "rollouts are sampled at once, then their gradient "
+                                                                 "accumulated over passes of this size (bounds "
+                                                                 "memory, same update). Must divide "
+                                                                 "prompts_per_step; empty = one pass.")
     replay_fraction: float = Field(0.25, ge=0, lt=1, description="Share of each opd batch that is core-skill replay "
                                                                  "prompts scored by the frozen champion.")
     replay_taught: bool = Field(True, description="Replay also the target skills taught by earlier promoted updates "
@@ -60,6 +66,12 @@ class DistillConfig(StrictConfig):
     seed: int = Field(0, description="Seed of prompt mixing, sampling and training.")
     registered_model: str = Field(registry.STUDENT_MODEL, description="Registered model that receives candidates.")
     checkpoint_every: int = Field(25, ge=1, description="Save a resumable trainer checkpoint every this many steps.")
+
+    @model_validator(mode="after")
+    def _micro_batches_fit(self):
+        micro_batches(self.prompts_per_step, self.micro_batch_size, "distill.micro_batch_size",
+                      "distill.prompts_per_step")
+        return self
 
     @model_validator(mode="after")
     def _grpo_groups_fit(self):

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig
 from continual_opd.decoding import answer_tokens, greedy_complete
 from continual_opd.modelio import load_model
 from continual_opd.prompts import as_trl_completion, as_trl_prompt
@@ -69,22 +70,24 @@ def training_rows(targets, cfg: DistillConfig, catalogue: Catalogue,
 
 
 def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catalogue: Catalogue, work: Path,
-                    logger: MetricBuffer, extra_callbacks: Sequence, replayed: Sequence[str]):
+                    logger: MetricBuffer, extra_callbacks: Sequence, replayed: Sequence[str],
+                    compute: ComputeConfig = DEFAULT_COMPUTE):
     """Build the method's trainer, guard, train (resuming when a checkpoint exists); returns model, tok, metrics."""
     import torch
 
     torch.manual_seed(cfg.seed)
-    student, tokenizer = load_model(champion.folder)
+    student, tokenizer = load_model(champion.folder)  # trained: fp32 master weights whatever the precision
     eval_sets = build_suites(catalogue, suite_names(catalogue, skill.id), size=cfg.eval_items)
     heldout = heldout_callback(tokenizer, eval_sets, catalogue, logger, every=cfg.eval_every,
                                max_new_tokens=answer_tokens(cfg.max_completion_length), log_prefix="train")
     metrics: dict[str, float] = {}
     if cfg.method in ("opd", "opd_no_replay"):
-        trainer = routed_trainer(student, tokenizer, targets, champion, teacher, cfg, catalogue, work, replayed)
+        trainer = routed_trainer(student, tokenizer, targets, champion, teacher, cfg, catalogue, work, replayed,
+                                 compute=compute)
     elif cfg.method == "sft_teacher_samples":
-        trainer = sft_trainer(student, tokenizer, targets, teacher, cfg, catalogue, work)
+        trainer = sft_trainer(student, tokenizer, targets, teacher, cfg, catalogue, work, compute=compute)
     else:
-        trainer = grpo_trainer(student, tokenizer, targets, skill, cfg, work)
+        trainer = grpo_trainer(student, tokenizer, targets, skill, cfg, work, compute=compute)
     attach(trainer, [heldout, *extra_callbacks])
 
     checkpoint = last_complete_checkpoint(work / "trainer")
@@ -126,26 +129,33 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
 
 
-def _args(cfg: DistillConfig, work: Path) -> dict:
+def _args(cfg: DistillConfig, work: Path, compute: ComputeConfig) -> dict:
+    """Every method's arguments: a step of `prompts_per_step` completions, in micro-batches, at `compute`'s
+    precision."""
     return trainer_args(output_dir=work / "trainer", steps=cfg.steps, learning_rate=cfg.learning_rate,
                         lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
-                        save_every=cfg.checkpoint_every)
+                        batch_size=cfg.prompts_per_step, micro_batch_size=cfg.micro_batch_size,
+                        precision=compute.precision, save_every=cfg.checkpoint_every)
 
 
 def routed_trainer(student, tokenizer, targets, champion, teacher, cfg: DistillConfig, catalogue: Catalogue,
-                   work: Path, replayed: Sequence[str] | None = None):
-    """The opd methods: target rows scored by the teacher, replay rows by the frozen champion (the anchor)."""
+                   work: Path, replayed: Sequence[str] | None = None, *, compute: ComputeConfig = DEFAULT_COMPUTE):
+    """The opd methods: target rows scored by the teacher, replay rows by the frozen champion (the anchor).
+
+    TRL generates the step's `prompts_per_step` completions at once, then accumulates the loss over
+    micro-batches, each normalised by the whole step's token count, so the update equals the full batch's.
+    """
     from datasets import Dataset
     from trl import DistillationConfig
 
-    teacher_model, _ = load_model(teacher.model.folder)
+    teacher_model, _ = load_model(teacher.model.folder, frozen=True, precision=compute.precision)
     teachers = {TARGET_ROUTE: teacher_model}
     if cfg.replay_per_step or cfg.anchor_kl_coef:
-        teachers[ANCHOR_ROUTE] = load_model(champion.folder)[0]
+        teachers[ANCHOR_ROUTE] = load_model(champion.folder, frozen=True, precision=compute.precision)[0]
     rows = [{**r, "prompt": as_trl_prompt(tokenizer, r["prompt"])}
             for r in training_rows(targets, cfg, catalogue, replayed)]
     args = DistillationConfig(
-        **_args(cfg, work), **rollout_args(), per_device_train_batch_size=cfg.prompts_per_step, beta=cfg.beta,
+        **_args(cfg, work, compute), **rollout_args(compute), beta=cfg.beta,
         temperature=cfg.temperature, max_completion_length=cfg.max_completion_length,
         shuffle_dataset=False,  # `training_rows` already fixed each step's mix of target and replay rows
         remove_unused_columns=False,  # keep the `route` column
@@ -155,33 +165,33 @@ def routed_trainer(student, tokenizer, targets, champion, teacher, cfg: DistillC
         anchor_route=ANCHOR_ROUTE if ANCHOR_ROUTE in teachers else None, anchor_kl_coef=cfg.anchor_kl_coef)
 
 
-def sft_trainer(student, tokenizer, targets, teacher, cfg: DistillConfig, catalogue: Catalogue, work: Path):
+def sft_trainer(student, tokenizer, targets, teacher, cfg: DistillConfig, catalogue: Catalogue, work: Path, *,
+                compute: ComputeConfig = DEFAULT_COMPUTE):
     """Off-policy baseline: the teacher samples a completion for every rollout slot; cross-entropy on them."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     rows = training_rows(targets, cfg, catalogue)
-    teacher_model, teacher_tok = load_model(teacher.model.folder)
+    teacher_model, teacher_tok = load_model(teacher.model.folder, frozen=True, precision=compute.precision)
     samples = greedy_complete(teacher_model, teacher_tok, [r["prompt"] for r in rows],
                               max_new_tokens=cfg.max_completion_length, sample=True, temperature=cfg.temperature,
                               seed=cfg.seed)
     del teacher_model
     data = Dataset.from_dict({"prompt": [as_trl_prompt(tokenizer, r["prompt"]) for r in rows],
                               "completion": [as_trl_completion(tokenizer, s) for s in samples]})
-    args = SFTConfig(**_args(cfg, work), per_device_train_batch_size=cfg.prompts_per_step,
-                     completion_only_loss=True, max_length=None)
+    args = SFTConfig(**_args(cfg, work, compute), completion_only_loss=True, max_length=None)
     return SFTTrainer(model=student, args=args, train_dataset=data, processing_class=tokenizer)
 
 
-def grpo_trainer(student, tokenizer, targets, skill, cfg: DistillConfig, work: Path):
+def grpo_trainer(student, tokenizer, targets, skill, cfg: DistillConfig, work: Path, *,
+                 compute: ComputeConfig = DEFAULT_COMPUTE):
     """RL baseline: GRPO on the student itself, with the skill's verifier as reward."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     data = Dataset.from_dict({"prompt": [as_trl_prompt(tokenizer, it.prompt) for it in targets],
                               "answer": [it.answer for it in targets]})
-    args = GRPOConfig(**_args(cfg, work), **rollout_args(), per_device_train_batch_size=cfg.prompts_per_step,
-                      num_generations=cfg.grpo_generations, max_completion_length=cfg.max_completion_length,
-                      temperature=cfg.temperature, beta=0.0)
+    args = GRPOConfig(**_args(cfg, work, compute), **rollout_args(compute), num_generations=cfg.grpo_generations,
+                      max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=0.0)
     return GRPOTrainer(model=student, processing_class=tokenizer, train_dataset=data, args=args,
                        reward_funcs=[exact_match(skill).for_trl()])

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from continual_opd import accuracy_matrix
 from continual_opd.compat import check_same_tokenizer
+from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig
 from continual_opd.config import StrictConfig
 from continual_opd.decoding import greedy_complete
 from continual_opd.home import Home
@@ -49,8 +50,12 @@ class EvalConfig(StrictConfig):
 
 
 def evaluate(champion: ModelRef | None, candidate: Candidate, target_skill: str, cfg: EvalConfig,
-             catalogue: Catalogue, home: Home, parent_run_id: str | None = None) -> EvalReport:
-    """Evaluate champion and candidate on the same suites; with no champion, the candidate alone (NaN deltas)."""
+             catalogue: Catalogue, home: Home, parent_run_id: str | None = None, *,
+             compute: ComputeConfig = DEFAULT_COMPUTE) -> EvalReport:
+    """Evaluate champion and candidate on the same suites; with no champion, the candidate alone (NaN deltas).
+
+    Both models are frozen here: in bf16 on a GPU under bf16-mixed precision (`compute`), fp32 elsewhere.
+    """
     import mlflow
 
     skill = catalogue[target_skill]
@@ -63,10 +68,10 @@ def evaluate(champion: ModelRef | None, candidate: Candidate, target_skill: str,
     items = [it for suite in names for it in suites[suite]]
     prompts = [it.prompt for it in items]
 
-    cand_model, cand_tok = load_model(candidate.model.folder)
+    cand_model, cand_tok = load_model(candidate.model.folder, frozen=True, precision=compute.precision)
     cand_out = _complete(cand_model, cand_tok, prompts, cfg)
     if champion is not None:
-        champ_model, champ_tok = load_model(champion.folder)
+        champ_model, champ_tok = load_model(champion.folder, frozen=True, precision=compute.precision)
         champ_out = _complete(champ_model, champ_tok, prompts, cfg)
     else:
         champ_model = champ_tok = champ_out = None

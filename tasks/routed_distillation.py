@@ -14,6 +14,16 @@ subclass adds exactly three things:
   the total is what the stock trainer would compute if each row had the right teacher;
 - an optional KL-to-anchor term on the non-anchor rows (`anchor_kl_coef`), and per-route metrics
   `kl/<route>` (mean per-token divergence: reverse KL at `beta=1.0`) and `kl_to_anchor/<route>`.
+
+It also runs the loss under the accelerator's autocast (`AutocastDistillationTrainer`, its parent). With
+mixed precision (`bf16=True`) the HF Trainer relies on accelerate wrapping the model's `forward` in autocast,
+but TRL's distillation loss calls the backbone and the LM head directly (through `_forward_redirection`,
+which swaps that `forward` out), so on one device the stock trainer runs the student in fp32 whatever the
+setting; TRL's chunked loss kernel is built to follow autocast, so entering it is all that is missing.
+
+Micro-batches (`gradient_accumulation_steps > 1`): TRL samples the whole step at once and hands each
+micro-batch the step's total completion-token count as `num_items_in_batch`; every route's divergence sum
+is divided by it, so the accumulated loss and gradient equal the full batch's (tests/test_micro_batches.py).
 """
 
 from collections.abc import Mapping
@@ -36,20 +46,37 @@ def _check_plain_head(model, who: str) -> None:
 
 
 def __getattr__(name: str):
-    """`RoutedDistillationTrainer` is built on first use: it subclasses TRL's trainer, and importing TRL costs
-    seconds that the command line and the flow's other stages should not pay."""
+    """The trainers are built on first use: they subclass TRL's trainer, and importing TRL costs seconds that
+    the command line and the flow's other stages should not pay."""
     if name == "RoutedDistillationTrainer":
         return _trainer_class()
+    if name == "AutocastDistillationTrainer":
+        return _autocast_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@cache
+def _autocast_class():
+    from trl import DistillationTrainer
+
+    class AutocastDistillationTrainer(DistillationTrainer):
+        """TRL's `DistillationTrainer` whose loss runs under the accelerator's autocast (see the module)."""
+
+        def compute_loss_context_manager(self):
+            """The Trainer's context (a no-op in transformers 5) plus the accelerator's autocast."""
+            stack = super().compute_loss_context_manager()
+            stack.enter_context(self.accelerator.autocast())
+            return stack
+
+    return AutocastDistillationTrainer
 
 
 @cache
 def _trainer_class():
     import torch
-    from trl import DistillationTrainer
     from trl.trainer.distillation_trainer import _chunked_divergence_loss
 
-    class RoutedDistillationTrainer(DistillationTrainer):
+    class RoutedDistillationTrainer(_autocast_class()):
         """`DistillationTrainer` whose rows each name their teacher in the `route` column.
 
         Args:
@@ -160,7 +187,8 @@ def _trainer_class():
             try:
                 batch = self._generate_and_score_completions(rows)
                 student = self.accelerator.unwrap_model(self.model)
-                routes = self.route_divergences(student, batch)
+                with self.accelerator.autocast():  # the precision training will run at
+                    routes = self.route_divergences(student, batch)
             finally:
                 self.model.train(was_training)
                 self._metrics["eval"].clear()

@@ -27,19 +27,21 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from continual_opd import registry
 from continual_opd.batch_io import load_batch
+from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig, training_precision
 from continual_opd.config import StrictConfig
 from continual_opd.decoding import answer_tokens, skill_accuracy
 from continual_opd.home import Home, file_lock
-from continual_opd.modelio import check_model_folder, load_model, save_model_atomic, weights_digest
+from continual_opd.modelio import check_model_folder, load_model, pick_device, save_model_atomic, weights_digest
 from continual_opd.prompts import as_trl_prompt
 from continual_opd.records import AcceptedBatch, ModelRef, Teacher
 from continual_opd.skills import Catalogue
 from continual_opd.tracking import MetricBuffer, code_revision, current_flow_run_id, stage_run
-from continual_opd.training import attach, heldout_callback, rollout_args, trainer_args
+from continual_opd.training import (attach, compute_params, heldout_callback, micro_batches, rollout_args,
+                                    trainer_args)
 from tasks.rewards import RewardFunction, exact_match, format_reward
 
 STAGE = "teacher_rl"
@@ -63,6 +65,11 @@ class TeacherConfig(StrictConfig):
                                                                             "cosine decay settles the policy late.")
     prompts_per_step: int = Field(32, ge=1, description="Batch prompts per GRPO step.")
     num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (the GRPO group size).")
+    micro_batch_size: int | None = Field(None, ge=1, description="Completions per forward/backward pass: a step's "
+                                                                 "prompts_per_step x num_generations completions are "
+                                                                 "sampled at once (TRL's generation batch), then "
+                                                                 "accumulated over passes of this size. Must divide "
+                                                                 "that product; empty = one pass.")
     max_completion_length: int = Field(6, ge=1, description="Most tokens sampled per completion; near the answer "
                                                             "length plus EOS.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the RL rollouts.")
@@ -78,6 +85,16 @@ class TeacherConfig(StrictConfig):
     seed: int = Field(0, description="Seed of sampling, training and the held-out draw.")
     registered_model: str = Field(registry.TEACHER_MODEL, description="Registered model that receives teachers.")
     trust_remote_code: bool = Field(False, description="Allow model folders that ship their own code (review first).")
+
+    @model_validator(mode="after")
+    def _micro_batches_fit(self):
+        micro_batches(self.completions_per_step, self.micro_batch_size, "teacher.micro_batch_size",
+                      "teacher.prompts_per_step x teacher.num_generations")
+        return self
+
+    @property
+    def completions_per_step(self) -> int:
+        return self.prompts_per_step * self.num_generations
 
 
 class TeacherGateFailed(RuntimeError):
@@ -102,11 +119,13 @@ class TeacherGateFailed(RuntimeError):
 
 
 def train_teacher(batch: AcceptedBatch, champion: ModelRef, cfg: TeacherConfig, catalogue: Catalogue, home: Home,
-                  parent_run_id: str | None = None, reward_fn: RewardFunction | None = None) -> Teacher:
+                  parent_run_id: str | None = None, reward_fn: RewardFunction | None = None, *,
+                  compute: ComputeConfig = DEFAULT_COMPUTE) -> Teacher:
     """Train (or reuse) the teacher for `batch.skill`, gate it and register it as `cfg.registered_model`.
 
     `reward_fn` replaces the correctness reward (default: exact match with the skill's verifier); the
     teacher gate still uses the verifier, which is how a reward that does not measure the skill is caught.
+    `compute` says how the machine is used (precision, vLLM rollouts; `continual_opd.compute`).
     """
     skill = catalogue[batch.skill]
     rows = [it for it in load_batch(batch.path) if it.skill == batch.skill]
@@ -116,7 +135,8 @@ def train_teacher(batch: AcceptedBatch, champion: ModelRef, cfg: TeacherConfig, 
     rewards = [(reward_fn or exact_match(skill), 1.0)]
     if cfg.format_reward_weight > 0:
         rewards.append((format_reward(skill), cfg.format_reward_weight))
-    key = teacher_key(batch.skill, batch.digest, initial_model, cfg, rewards)
+    key = teacher_key(batch.skill, batch.digest, initial_model, cfg, rewards,
+                      training_precision(compute.precision, pick_device()))
     identity = {"skill": batch.skill, "data_digest": batch.digest, "initial_model": initial_model,
                 "rewards": reward_summary(rewards), "config_hash": cfg.config_hash(), "registration_key": key}
     with file_lock(home.locks / f"teacher-{key.split(':')[-1]}.lock"):  # one process trains a given teacher
@@ -124,7 +144,7 @@ def train_teacher(batch: AcceptedBatch, champion: ModelRef, cfg: TeacherConfig, 
         if existing is not None:
             return _reuse(existing, identity, parent_run_id)
         return _train_gate_register(rows, skill, catalogue, initial_folder, identity, rewards, cfg, home,
-                                    parent_run_id)
+                                    parent_run_id, compute)
 
 
 def resolve_initial_model(cfg: TeacherConfig, champion: ModelRef) -> tuple[Path, str]:
@@ -147,9 +167,13 @@ def reward_summary(rewards: list[tuple[RewardFunction, float]]) -> str:
 
 
 def teacher_key(skill: str, data_digest: str, initial_model: str, cfg: TeacherConfig,
-                rewards: list[tuple[RewardFunction, float]]) -> str:
-    """The registration key: the same key means the same teacher, so it is reused, never trained twice."""
-    blob = json.dumps([skill, data_digest, initial_model, cfg.config_hash(), reward_summary(rewards)])
+                rewards: list[tuple[RewardFunction, float]], precision: str = "fp32") -> str:
+    """The registration key: the same key means the same teacher, so it is reused, never trained twice.
+
+    `precision` is the resolved training precision; fp32 (every CPU run) leaves the key as it always was.
+    """
+    blob = json.dumps([skill, data_digest, initial_model, cfg.config_hash(), reward_summary(rewards),
+                       *([precision] if precision != "fp32" else [])])
     return f"teacher:{skill}:{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
@@ -175,14 +199,15 @@ def _reuse(version, identity: dict, parent_run_id: str | None) -> Teacher:
 
 
 
-def _grpo_args(cfg: TeacherConfig, output_dir: Path, reward_weights: list[float]):
+def _grpo_args(cfg: TeacherConfig, output_dir: Path, reward_weights: list[float], compute: ComputeConfig):
     from trl import GRPOConfig
 
     return GRPOConfig(
         **trainer_args(output_dir=output_dir, steps=cfg.steps, learning_rate=cfg.learning_rate,
-                       lr_schedule=cfg.lr_schedule, warmup_steps=0, seed=cfg.seed),  # the callback keeps the best
-        **rollout_args(),
-        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,  # counts completions
+                       lr_schedule=cfg.lr_schedule, warmup_steps=0, seed=cfg.seed,  # the callback keeps the best
+                       batch_size=cfg.completions_per_step, micro_batch_size=cfg.micro_batch_size,
+                       precision=compute.precision),
+        **rollout_args(compute),
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
@@ -191,7 +216,8 @@ def _grpo_args(cfg: TeacherConfig, output_dir: Path, reward_weights: list[float]
     )
 
 
-def _run_grpo(model, tokenizer, rows, rewards, cfg: TeacherConfig, output_dir: Path, callback) -> int:
+def _run_grpo(model, tokenizer, rows, rewards, cfg: TeacherConfig, output_dir: Path, callback,
+              compute: ComputeConfig) -> int:
     """GRPO on the batch rows, in place on `model`; returns the steps taken."""
     from datasets import Dataset
     from trl import GRPOTrainer
@@ -200,7 +226,7 @@ def _run_grpo(model, tokenizer, rows, rewards, cfg: TeacherConfig, output_dir: P
                               "answer": [it.answer for it in rows]})
     trainer = GRPOTrainer(
         model=model, processing_class=tokenizer, train_dataset=data,
-        args=_grpo_args(cfg, output_dir, [weight for _, weight in rewards]),
+        args=_grpo_args(cfg, output_dir, [weight for _, weight in rewards], compute),
         reward_funcs=[r.for_trl() for r, _ in rewards],
     )
     attach(trainer, [callback]).train()
@@ -208,7 +234,8 @@ def _run_grpo(model, tokenizer, rows, rewards, cfg: TeacherConfig, output_dir: P
 
 
 def _train_gate_register(rows, skill, catalogue: Catalogue, initial_folder: Path, identity: dict, rewards,
-                         cfg: TeacherConfig, home: Home, parent_run_id: str | None) -> Teacher:
+                         cfg: TeacherConfig, home: Home, parent_run_id: str | None,
+                         compute: ComputeConfig) -> Teacher:
     import mlflow
 
     dest = teacher_folder(home, identity["registration_key"])
@@ -222,23 +249,25 @@ def _train_gate_register(rows, skill, catalogue: Catalogue, initial_folder: Path
         mlflow.log_params({**{f"cfg.{k}": v for k, v in cfg.model_dump().items()}, **identity,
                            "batch_rows": len(rows), "initial_folder": str(initial_folder),
                            "reward_name": rewards[0][0].name, "reward_version": rewards[0][0].version,
-                           **{f"reward.{i}": f"{r.key}: {r.description}" for i, (r, _) in enumerate(rewards)}})
+                           **{f"reward.{i}": f"{r.key}: {r.description}" for i, (r, _) in enumerate(rewards)},
+                           **compute_params(compute)})
         eval_set, gate_set, dropped = heldout_sets(skill, rows, cfg)
-        model, tokenizer = load_model(initial_folder, cfg.trust_remote_code)
+        model, tokenizer = load_model(initial_folder, cfg.trust_remote_code)  # trained: fp32 master weights
         initial_gate, _ = skill_accuracy(model, tokenizer, gate_set, skill.verify, max_new_tokens=max_new_tokens)
         metrics.add({"heldout/dropped_overlapping": dropped}, 0)
         callback = heldout_callback(tokenizer, {skill.id: eval_set}, catalogue, metrics, every=cfg.eval_every,
                                     max_new_tokens=max_new_tokens, log_prefix="rl", select=skill.id,
                                     best_dir=work / "best", stop_at=cfg.early_stop_accuracy,
-                                    completions_per_step=cfg.prompts_per_step * cfg.num_generations)
+                                    completions_per_step=cfg.completions_per_step)
         callback.evaluate(model, 0)  # the initial model: the reference the best checkpoint must beat
         train_started = time.time()
-        steps_run = _run_grpo(model, tokenizer, rows, rewards, cfg, work / "trainer", callback) if cfg.steps else 0
+        steps_run = (_run_grpo(model, tokenizer, rows, rewards, cfg, work / "trainer", callback, compute)
+                     if cfg.steps else 0)
         train_seconds = time.time() - train_started
-        if callback.best_step > 0:
-            model, tokenizer = load_model(work / "best", cfg.trust_remote_code)
-        else:
-            model, tokenizer = load_model(initial_folder, cfg.trust_remote_code)
+        # loaded as trained (fp32), not frozen: this model is saved as the teacher, and a bf16 copy would round
+        # away what training changed
+        best = work / "best" if callback.best_step > 0 else initial_folder
+        model, tokenizer = load_model(best, cfg.trust_remote_code)
         teacher_gate, _ = skill_accuracy(model, tokenizer, gate_set, skill.verify, max_new_tokens=max_new_tokens)
         passed = teacher_gate >= initial_gate + cfg.gate_margin
         metrics.add({"teacher/steps": steps_run, "teacher/best_step": callback.best_step,
