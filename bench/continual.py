@@ -235,10 +235,10 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="flow parameter override for every update (as `continual-opd run --set`), repeatable")
     args = parser.parse_args(argv)
-    home = current_home().root
-    if home.exists() and any(p.name != "bench.log" for p in home.iterdir()):
-        print(f"error: the home {home} is not empty; the sequence needs a fresh one (set CONTINUAL_OPD_HOME)",
-              file=sys.stderr)
+    home = current_home()
+    if home.mlflow_db.exists() or any(home.models.glob("*")):  # importing the package creates prefect/ only
+        print(f"error: the home {home.root} has a registry already; the sequence needs a fresh one (set "
+              "CONTINUAL_OPD_HOME to a new folder)", file=sys.stderr)
         return 1
     import torch
 
