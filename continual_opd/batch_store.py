@@ -13,9 +13,11 @@ process killed between them leaves the batch in both places, and the ledger then
 already trained on.
 """
 
+import contextlib
 import datetime as dt
 import hashlib
 import posixpath
+import shutil
 from pathlib import Path
 
 import fsspec
@@ -36,9 +38,12 @@ def check_location(location: str) -> str:
     protocol, _ = fsspec.core.split_protocol(location)
     try:
         fsspec.get_filesystem_class(protocol or "file")
-    except (ValueError, ImportError) as exc:
-        raise BatchStoreError(f"batch location {location!r} cannot be opened: {exc}. For s3:// install the "
-                              "server extra (pip install -e '.[server]', which brings s3fs)") from None
+    except ImportError as exc:
+        raise BatchStoreError(f"batch location {location!r} needs a driver that is not installed ({exc}); for "
+                              "s3:// install the server extra: pip install -e '.[server]' (s3fs)") from None
+    except ValueError as exc:
+        raise BatchStoreError(f"batch location {location!r} cannot be opened: {exc}; give a folder or a URL that "
+                              "fsspec knows, such as s3://bucket/prefix") from None
     return location
 
 
@@ -152,6 +157,17 @@ def local_copy(location: str | Path, home: Home) -> Path:
     fs.get_file(path, str(tmp))
     tmp.replace(dest)
     return dest
+
+
+@contextlib.contextmanager
+def staged(location: str | Path, home: Home):
+    """`local_copy` for the length of a block; a downloaded copy is deleted at its end (the batch stays filed)."""
+    local = local_copy(location, home)
+    try:
+        yield local
+    finally:
+        if not is_local(location):
+            shutil.rmtree(local.parent, ignore_errors=True)
 
 
 def write_text(location: str, text: str) -> None:

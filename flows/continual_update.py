@@ -18,7 +18,6 @@ No `from __future__ import annotations` here: it breaks pydantic flow parameters
 """
 
 import hashlib
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from continual_opd import registry
-from continual_opd.batch_store import BatchStore, is_local, local_copy
+from continual_opd.batch_store import BatchStore, staged
 from continual_opd.compat import check_update_models
 from continual_opd.home import current_home, prepare_stores
 from continual_opd.locking import exclusive
@@ -122,10 +121,13 @@ def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
     home = prepare_stores(current_home())
     store = BatchStore.at(params.batches, home)
     lock = params.update_lock
-    with exclusive(home, "update", limit=lock.concurrency_limit, timeout_s=lock.timeout_s, lease_s=lock.lease_s,
-                   holder_flow_run=current_flow_run_id(), stop_if_lease_lost=False,
-                   on_wait=lambda what: logger.warning("another continual update is running; waiting for it to "
-                                                       f"finish (it holds {what})")):
+
+    def waiting(what: str) -> None:
+        logger.warning(f"another continual update is running; waiting for it to finish (it holds {what})")
+
+    with (exclusive(home, "update", limit=lock.concurrency_limit, timeout_s=lock.timeout_s, lease_s=lock.lease_s,
+                    on_wait=waiting, holder_flow_run=current_flow_run_id(), stop_if_lease_lost=False),
+          staged(params.batch, home) as local):
         try:  # outside the task cache: a cached AcceptedBatch must never hide a re-sent copy
             ensure_new_batch(params.batch, home, store)
         except DuplicateBatch as dup:
@@ -142,22 +144,18 @@ def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
                              description=f"MLflow run {run_id} (experiment {UPDATES_EXPERIMENT})")
         logger.info(f"champion is {champion.name} v{champion.version}; MLflow run {run_id}")
 
-        local = local_copy(params.batch, home)
-        try:
-            set_stage(run_id, "validate")
-            batch = validate_task(params.batch, _file_sha256(local), params, champion.folder, run_id)
-            set_stage(run_id, "teacher_rl")
-            teacher = teacher_rl_task(batch, champion, params, run_id)
-            set_stage(run_id, "distill")
-            candidate = distill_task(batch, champion, teacher, params, run_id)
-            set_stage(run_id, "evaluate")
-            report = evaluate_task(champion, candidate, batch.skill, params, run_id)
-            set_stage(run_id, "gate")
-            decision = gate_task(report, candidate, champion, params, run_id)
-            batch = mark_processed(params.batch, batch, home, store)
-        finally:
-            if not is_local(params.batch):
-                shutil.rmtree(local.parent, ignore_errors=True)  # the staged copy of a batch from a shared store
+        set_stage(run_id, "validate")
+        batch = validate_task(params.batch, _file_sha256(local), params, champion.folder, run_id)
+        set_stage(run_id, "teacher_rl")
+        teacher = teacher_rl_task(batch, champion, params, run_id)
+        set_stage(run_id, "distill")
+        candidate = distill_task(batch, champion, teacher, params, run_id)
+        set_stage(run_id, "evaluate")
+        report = evaluate_task(champion, candidate, batch.skill, params, run_id)
+        set_stage(run_id, "gate")
+        decision = gate_task(report, candidate, champion, params, run_id)
+
+        batch = mark_processed(params.batch, batch, home, store)
         create_markdown_artifact(summary_markdown(champion, candidate, report, decision), key="update-summary")
         close_update_run(run_id, None, decision=decision)
     return UpdateOutcome(batch=batch, teacher=teacher, candidate=candidate, report=report, decision=decision,

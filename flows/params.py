@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from continual_opd.batch_store import BatchStoreError, check_location
 from continual_opd.config import StrictConfig
@@ -57,13 +57,13 @@ class UpdateSettings(StrictConfig):
         self.catalogue()  # a wrong skill file fails here, naming its file and field, not inside a stage
         return self
 
-    @model_validator(mode="after")
-    def _batches_open(self):
+    @field_validator("batches")
+    @classmethod
+    def _batches_open(cls, location: str) -> str:
         try:
-            check_location(self.batches)  # a missing driver (s3fs) fails here, not after the update started
+            return check_location(location)  # a missing driver (s3fs) fails here, not after the update started
         except BatchStoreError as exc:
             raise ValueError(str(exc)) from None
-        return self
 
     def catalogue(self) -> Catalogue:
         """The skills of this update: those the skill files declare, or the demo world's (cached per file state)."""
