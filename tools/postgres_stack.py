@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from continual_opd.stack import _bin, wait_http
+from cli.stack import _bin, wait_http
 
 APP_ROLE = "continual_opd"
 
