@@ -30,9 +30,9 @@ class UpdateLockConfig(StrictConfig):
         "Prefect global concurrency limit (1 slot) an update holds while it runs, when a Prefect server is "
         "configured, so updates on every worker run one at a time; empty to rely on the home's file lock only."))
     timeout_s: float = Field(6 * 3600.0, gt=0, description="Seconds to wait for a running update to finish.")
-    lease_s: float = Field(120.0, ge=10, description=(
-        "Lease of the slot in seconds: renewed while the update runs; if its worker dies, the slot is freed "
-        "this long after (plus up to 15 s)."))
+    lease_s: float = Field(120.0, ge=60, description=(
+        "Lease of the slot in seconds (Prefect grants 60 or more): renewed while the update runs; if its worker "
+        "dies, the slot is freed this long after (plus up to 15 s)."))
 
 
 class UpdateSettings(StrictConfig):
