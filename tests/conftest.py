@@ -46,19 +46,14 @@ def fresh_world(home, empty_store, tmp_path):
     import mlflow
 
     from continual_opd.home import Home, prepare_stores
+    from tests.helpers.environ import environment
 
     world = Home(tmp_path / "home").ensure()
     shutil.copy(empty_store, world.mlflow_db)
-    saved = {key: os.environ.get(key) for key in ("CONTINUAL_OPD_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ.update(CONTINUAL_OPD_HOME=str(world.root), MLFLOW_TRACKING_URI=f"sqlite:///{world.mlflow_db}")
     try:
-        yield prepare_stores(world)
+        with environment(CONTINUAL_OPD_HOME=str(world.root), MLFLOW_TRACKING_URI=f"sqlite:///{world.mlflow_db}"):
+            yield prepare_stores(world)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", home.tracking_uri))
 
 

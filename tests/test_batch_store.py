@@ -7,7 +7,6 @@ copy into `processed/duplicates/`. The nightly flow runs over a bucket's inbox.
 
 import json
 import logging
-import os
 import time
 
 import pytest
@@ -16,6 +15,7 @@ from continual_opd.batch_io import write_jsonl
 from continual_opd.batch_store import BatchStore, check_location, local_copy
 from demo_world.skills import CATALOGUE
 from tasks.validate import ContractConfig, ContractViolation, DuplicateBatch, validate_batch
+from tests.helpers.environ import environment
 
 pytest.importorskip("s3fs", reason="S3 batch stores need s3fs: pip install -e '.[server]'")
 moto_server = pytest.importorskip("moto.server", reason="the S3 stand-in needs moto: pip install -e '.[test]'")
@@ -33,19 +33,12 @@ def bucket():
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
     try:
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir(BUCKET)
-        yield fs
+        with environment(**S3_ENV, AWS_ENDPOINT_URL=f"http://{host}:{port}"):
+            fs = fsspec.filesystem("s3", skip_instance_cache=True)
+            fs.mkdir(BUCKET)
+            yield fs
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         server.stop()
 
 
