@@ -105,7 +105,7 @@ class BatchStore:
 
     def file_away(self, location: str | Path, folder: str, destination: str | None = None) -> str:
         """Put the batch at `location` into `folder` (or at `destination`): moved from the inbox, else copied."""
-        destination = destination or self.free_name(folder, posixpath.basename(str(location).rstrip("/")))
+        destination = destination or self.free_name(folder, name_of(location))
         dest_fs, dest = _open(destination)
         dest_fs.makedirs(posixpath.dirname(dest), exist_ok=True)
         src_fs, src = _open(location)
@@ -151,6 +151,8 @@ def local_copy(location: str | Path, home: Home) -> Path:
     fs, path = _open(location)
     if _is_local(fs):
         return Path(path)
+    if not fs.isfile(path):
+        raise FileNotFoundError(f"batch file {location} does not exist (or this worker may not read it)")
     dest = home.root / "staging" / hashlib.sha256(str(location).encode()).hexdigest()[:12] / posixpath.basename(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -174,11 +176,6 @@ def write_text(location: str, text: str) -> None:
     fs, path = _open(location)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     fs.pipe_file(path, text.encode())
-
-
-def read_text(location: str) -> str:
-    fs, path = _open(location)
-    return fs.cat_file(path).decode()
 
 
 def name_of(location: str | Path) -> str:

@@ -62,12 +62,11 @@ def last_for_skill(home: Home, skill: str) -> dict | None:
 def append(home: Home, entry: dict) -> str:
     """Record one accepted batch (call with the lock held); returns the ledger run's id."""
     _migrate_once(home)
-    return _record(entry)
+    return _record({**entry, "accepted_by": f"{socket.gethostname()}:{home.root}"})
 
 
 def _record(entry: dict) -> str:
     client = registry.client()
-    entry = {**entry, "accepted_by": entry.get("accepted_by") or f"{socket.gethostname()}:{os.getpid()}"}
     tags = {tag: _clip(str(entry[key])) for key, tag in TAGGED.items() if entry.get(key) not in (None, "")}
     run = client.create_run(registry.experiment_id(LEDGER_EXPERIMENT),
                             tags={**tags, "mlflow.runName": str(entry.get("file", entry["digest"][:16]))})
@@ -78,6 +77,10 @@ def _record(entry: dict) -> str:
 
 def _search(home: Home, where: str, order: str) -> list:
     _migrate_once(home)
+    return _runs(where, order)
+
+
+def _runs(where: str, order: str = "ASC") -> list:
     if _store_missing():
         return []
     client = registry.client()
@@ -117,22 +120,15 @@ def _migrate_once(home: Home) -> None:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"batch ledger {path} line {number} is not JSON ({exc.msg}); fix or remove that "
                                  "line, and the next run moves the ledger into MLflow") from exc
-            if _search_digest(entry["digest"]):
+            if _runs(f"tags.data_digest = '{_quoted(entry['digest'])}'"):
                 kept += 1
                 continue
-            _record({**entry, "migrated_from": str(path)})
+            _record({**entry, "migrated_from": str(path), "accepted_by": entry.get("accepted_by", "")})
             added += 1
         done = path.with_name(path.name + ".migrated")
         os.replace(path, done)
     log.warning(f"moved the batch ledger {path} into MLflow (experiment {LEDGER_EXPERIMENT}): {added} entries added, "
                 f"{kept} already there; the file is kept as {done} and no longer read")
-
-
-def _search_digest(digest: str) -> bool:
-    client = registry.client()
-    experiment = client.get_experiment_by_name(LEDGER_EXPERIMENT)
-    return experiment is not None and bool(
-        client.search_runs([experiment.experiment_id], f"tags.data_digest = '{_quoted(digest)}'", max_results=1))
 
 
 def _quoted(value: str) -> str:
