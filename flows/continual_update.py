@@ -17,6 +17,7 @@ machine behaves as if it were the first. The batch may sit in a shared store (`b
 No `from __future__ import annotations` here: it breaks pydantic flow parameters under `flow.serve`.
 """
 
+import contextlib
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -26,7 +27,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from continual_opd import registry
-from continual_opd.batch_store import BatchStore, staged
+from continual_opd.batch_store import BatchStore, exists, staged
 from continual_opd.compat import check_update_models
 from continual_opd.home import current_home, prepare_stores
 from continual_opd.locking import exclusive
@@ -127,7 +128,13 @@ def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
 
     with (exclusive(home, "update", limit=lock.concurrency_limit, timeout_s=lock.timeout_s, lease_s=lock.lease_s,
                     on_wait=waiting, holder_flow_run=current_flow_run_id(), stop_if_lease_lost=False),
-          staged(params.batch, home) as local):
+          contextlib.ExitStack() as stack):
+        if store.in_inbox(params.batch) and not exists(params.batch):  # a shared inbox: another worker took it
+            reason = (f"batch file {params.batch} is no longer in the inbox: another update took it while this one "
+                      f"waited (see {store.processed}, {store.quarantine} and the MLflow experiment batch-ledger)")
+            logger.info(reason)
+            return SkippedBatch(path=params.batch, digest="", reason=reason)
+        local = stack.enter_context(staged(params.batch, home))
         try:  # outside the task cache: a cached AcceptedBatch must never hide a re-sent copy
             ensure_new_batch(params.batch, home, store)
         except DuplicateBatch as dup:

@@ -40,7 +40,7 @@ def nightly_updates(params: NightlyParams = NightlyParams()) -> list[dict]:
         if isinstance(result, UpdateOutcome):
             outcome = "promoted" if result.decision.promoted else "rejected"
         elif isinstance(result, SkippedBatch):
-            outcome = "skipped: already trained on"
+            outcome = "skipped: already trained on" if result.digest else "skipped: another worker took it"
         else:
             outcome = f"failed: {type(result).__name__}: {str(result)[:300]}"
         logger.info(f"{name_of(path)}: {outcome}")

@@ -138,3 +138,10 @@ def test_the_nightly_flow_reads_a_bucket_inbox(bucket, home, champion, tmp_path)
     assert bucket.exists(f"{BUCKET}/nightly/quarantine/bad.jsonl")
     assert bucket.exists(f"{BUCKET}/nightly/quarantine/bad.jsonl.report.md")
     assert (set(staging.rglob("*")) if staging.exists() else set()) <= before, "the flow left local copies behind"
+
+    # a night on another worker listed the same inbox, then waited for the update lock: the batch is gone by then
+    from flows.continual_update import continual_update
+    from flows.params import UpdateParams
+
+    gone = continual_update(UpdateParams(batch=f"{root}/inbox/resent.jsonl", batches=root))
+    assert gone.digest == "" and "no longer in the inbox: another update took it" in gone.reason
