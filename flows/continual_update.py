@@ -69,7 +69,8 @@ def validate_task(batch_path: str, batch_sha256: str, params: UpdateParams, toke
     home = current_home()
     try:
         return validate_batch(batch_path, params.contract, params.catalogue(), params.evaluation.suite_size,
-                              tokenizer_folder, home, parent_run_id, move=False, store=BatchStore.at(params.batches, home))
+                              tokenizer_folder, home, parent_run_id, move=False,
+                              store=BatchStore.at(params.batches, home))
     except ContractViolation as exc:
         create_table_artifact(contract_table(exc.report), key="data-contract",
                               description=f"Data contract failures for {Path(batch_path).name}")

@@ -268,7 +268,8 @@ def validate_batch(path: str, cfg: ContractConfig, catalogue: Catalogue, suite_s
     return mark_processed(path, accepted, home, store) if move else accepted
 
 
-def mark_processed(path: str | Path, batch: AcceptedBatch, home: Home, store: BatchStore | None = None) -> AcceptedBatch:
+def mark_processed(path: str | Path, batch: AcceptedBatch, home: Home,
+                   store: BatchStore | None = None) -> AcceptedBatch:
     """Record an accepted batch in the ledger and file it into `processed/`; idempotent.
 
     `path` is where the batch came from (moved on from the inbox, copied from anywhere else). The flow
@@ -283,8 +284,8 @@ def mark_processed(path: str | Path, batch: AcceptedBatch, home: Home, store: Ba
         if existing is not None:
             done = existing.get("path", "")
             if batch_store.exists(source) and not batch_store.same(source, done):
-                if not (done and batch_store.exists(done)):  # an interrupted attempt recorded it but did not file it
-                    store.file_away(source, store.processed, done or None)
+                if done and batch_store.in_folder(done, store.processed) and not batch_store.exists(done):
+                    store.file_away(source, store.processed, done)  # an interrupted attempt did not file it
                 elif store.in_inbox(source):
                     store.file_away(source, store.processed)
             return batch.model_copy(update={"path": done})
