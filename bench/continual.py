@@ -189,7 +189,7 @@ def run_sequence(quick: bool, extra_overrides: list[str] = ()) -> dict:
         updates.append(entry)
         print(f"bench.continual: update {skill}: {outcome} ({entry['seconds']:.0f}s), champion "
               f"v{entry['champion_before']} -> v{entry['champion_after']}", flush=True)
-    model = accuracy_matrix.load(home)["models"].get(registry.STUDENT_MODEL, {"accuracy": {}, "rows": []})
+    model = accuracy_matrix.load(home, registry.STUDENT_MODEL)
     gem = accuracy_matrix.gem_metrics(model)
     return {"quick": quick, "home": str(home.root), "sequence": list(SEQUENCE), "updates": updates,
             "matrix": model, "columns": accuracy_matrix.columns(model), "ACC": gem["ACC"], "BWT": gem["BWT"],

@@ -11,45 +11,48 @@ GEM, with T the last row: ACC = mean_j R[T][j]; BWT = mean over tasks j learned 
 a target suite is learned at the last promotion that targeted it, a core suite at the first row (the
 pretrained baseline). Suites never taught (a target that no promoted update taught) count in neither.
 
-The file lives in the home (`accuracy_matrix.json`), is rewritten atomically under a lock, and is
-logged to MLflow with every gate decision.
+The matrix is registry state in MLflow, so every worker of a team reads and extends the same one:
+
+- a cell is a tag of the model version, `matrix.acc.<suite>` (its accuracy, written once);
+- a row is a tag of the registered model, `matrix.row.<000001>` (JSON: version, event, target skill, the
+  audit run of `gate-decisions` that made it, the time), numbered in order;
+- a suite's role (target or core) is a tag of the registered model, `matrix.role.<suite>`, so the views
+  need no skill catalogue.
+
+Rows are appended by the gate, under its lock (`gates.locking`), and every gate decision logs the whole
+matrix to its audit run (`gate/accuracy_matrix.json`). Before MLflow held it, the matrix was a file in each
+home (`accuracy_matrix.json`); the first access from such a home copies it into the registry (rows only
+for a model that has none there yet, cells only where a version has none) and renames the file
+`accuracy_matrix.json.migrated`, so it happens once; the log says so. The `home` argument of the functions
+here is where such a file may wait, nothing more.
 """
 
 import json
+import logging
 import os
 import time
-import uuid
-from pathlib import Path
 
+from continual_opd import registry
 from continual_opd.home import Home, file_lock
 
-MATRIX_FILE = "accuracy_matrix.json"
+LEGACY_FILE = "accuracy_matrix.json"
+CELL_TAG, ROW_TAG, ROLE_TAG = "matrix.acc.", "matrix.row.", "matrix.role."
+log = logging.getLogger(__name__)
 
 
-def matrix_path(home: Home) -> Path:
-    return home.root / MATRIX_FILE
-
-
-def load(home: Home) -> dict:
-    path = matrix_path(home)
-    if not path.is_file():
-        return {"models": {}}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"accuracy matrix {path} is corrupt ({exc}); restore it from the latest "
-                         "gate/accuracy_matrix.json artifact in the MLflow experiment gate-decisions") from exc
-
-
-def _save(home: Home, data: dict) -> None:
-    path = matrix_path(home)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _model(data: dict, model_name: str) -> dict:
-    return data["models"].setdefault(model_name, {"accuracy": {}, "rows": []})
+def load(home: Home, model_name: str) -> dict:
+    """One model's matrix: `accuracy` (version -> suite -> accuracy), `rows` (champions in order), `roles`."""
+    _migrate_once(home)
+    tags = _model_tags(model_name)
+    accuracy = {}
+    if tags is not None:
+        for version in registry.client().search_model_versions(f"name='{model_name}'"):
+            cells = {k[len(CELL_TAG):]: float(v) for k, v in version.tags.items() if k.startswith(CELL_TAG)}
+            if cells:
+                accuracy[str(version.version)] = cells
+    tags = tags or {}
+    return {"accuracy": accuracy, "rows": _rows(tags),
+            "roles": {k[len(ROLE_TAG):]: v for k, v in tags.items() if k.startswith(ROLE_TAG)}}
 
 
 def record_accuracy(home: Home, model_name: str, version: str, accuracies: dict[str, float],
@@ -58,48 +61,124 @@ def record_accuracy(home: Home, model_name: str, version: str, accuracies: dict[
 
     `roles` (suite -> target or core) is kept with the matrix, so its views need no skill catalogue.
     """
-    with file_lock(home.locks / "accuracy_matrix.lock"):
-        data = load(home)
-        model = _model(data, model_name)
-        cells = model["accuracy"].setdefault(str(version), {})
-        for suite, acc in accuracies.items():
-            cells.setdefault(suite, float(acc))
-        model.setdefault("roles", {}).update(roles)
-        _save(home, data)
+    _migrate_once(home)
+    _set_cells(model_name, str(version), accuracies)
+    client = registry.client()
+    for suite, role in roles.items():
+        client.set_registered_model_tag(model_name, ROLE_TAG + suite, role)
 
 
 def append_row(home: Home, model_name: str, version: str, event: str, target_skill: str = "",
                run_id: str = "") -> None:
-    """Add a row: `version` became champion by `event` (baseline, promoted, rollback)."""
-    with file_lock(home.locks / "accuracy_matrix.lock"):
-        data = load(home)
-        _model(data, model_name)["rows"].append({"version": str(version), "event": event,
-                                                 "target_skill": target_skill, "run_id": run_id,
-                                                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        _save(home, data)
+    """Add a row: `version` became champion by `event` (baseline, promoted, rollback). Call it under the gate lock."""
+    _migrate_once(home)
+    _append(model_name, {"version": str(version), "event": event, "target_skill": target_skill, "run_id": run_id,
+                         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
-def snapshot(home: Home) -> str | None:
-    """The file's bytes, to put back on rollback (None when it does not exist)."""
-    path = matrix_path(home)
-    return path.read_text() if path.is_file() else None
+def snapshot(home: Home, model_name: str) -> dict[str, str]:
+    """The model's rows as stored, to put back with `restore` when a decision is undone."""
+    _migrate_once(home)
+    return {k: v for k, v in (_model_tags(model_name) or {}).items() if k.startswith(ROW_TAG)}
 
 
-def restore(home: Home, text: str | None) -> None:
-    with file_lock(home.locks / "accuracy_matrix.lock"):
-        path = matrix_path(home)
-        if text is None:
-            path.unlink(missing_ok=True)
-        else:
-            tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+def restore(home: Home, model_name: str, rows: dict[str, str]) -> None:
+    client = registry.client()
+    for key in snapshot(home, model_name).keys() - rows.keys():
+        client.delete_registered_model_tag(model_name, key)
+    for key, value in rows.items():
+        client.set_registered_model_tag(model_name, key, value)
 
 
 def taught_skills(home: Home, model_name: str) -> list[str]:
     """Target skills taught by promoted updates so far, in order of first teaching."""
-    rows = load(home)["models"].get(model_name, {}).get("rows", [])
+    _migrate_once(home)
+    rows = _rows(_model_tags(model_name) or {})
     return list(dict.fromkeys(r["target_skill"] for r in rows if r["event"] == "promoted" and r["target_skill"]))
+
+
+def _rows(tags: dict[str, str]) -> list[dict]:
+    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(ROW_TAG))]
+
+
+def _model_tags(model_name: str) -> dict[str, str] | None:
+    """The registered model's tags, or None when the registry has no such model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(registry.client().get_registered_model(model_name).tags)
+    except MlflowException:
+        return None
+
+
+def _append(model_name: str, row: dict) -> None:
+    from mlflow.exceptions import MlflowException
+
+    client = registry.client()
+    tags = _model_tags(model_name)
+    if tags is None:
+        try:
+            client.create_registered_model(model_name)
+        except MlflowException:
+            pass  # created meanwhile
+        tags = {}
+    numbers = [int(k[len(ROW_TAG):]) for k in tags if k.startswith(ROW_TAG)]
+    client.set_registered_model_tag(model_name, f"{ROW_TAG}{max(numbers, default=0) + 1:06d}",
+                                    json.dumps(row, sort_keys=True))
+
+
+def _set_cells(model_name: str, version: str, accuracies: dict[str, float]) -> None:
+    client = registry.client()
+    have = registry.get_version(model_name, version).tags
+    for suite, acc in accuracies.items():
+        if CELL_TAG + suite not in have:
+            client.set_model_version_tag(model_name, version, CELL_TAG + suite, repr(float(acc)))
+
+
+def _migrate_once(home: Home) -> None:
+    """Copy a home's `accuracy_matrix.json` into the registry once, then rename it (see the module docstring)."""
+    path = home.root / LEGACY_FILE
+    if not path.is_file():
+        return
+    with file_lock(home.locks / "accuracy_matrix.lock"):
+        if not path.is_file():  # another process of this home migrated it while we waited
+            return
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"accuracy matrix {path} is corrupt ({exc}); restore it from the latest "
+                             "gate/accuracy_matrix.json artifact in the MLflow experiment gate-decisions, or "
+                             "remove it") from exc
+        done = []
+        for model_name, model in data.get("models", {}).items():
+            done.append(_migrate_model(model_name, model))
+        os.replace(path, path.with_name(path.name + ".migrated"))
+    log.warning(f"moved the accuracy matrix {path} into the MLflow registry ({'; '.join(done) or 'no models'}); "
+                f"the file is kept as {path.name}.migrated and no longer read")
+
+
+def _migrate_model(model_name: str, model: dict) -> str:
+    tags = _model_tags(model_name)
+    if tags is None:
+        return f"{model_name}: skipped, no such registered model in this registry"
+    rows = model.get("rows", [])
+    has_rows = any(k.startswith(ROW_TAG) for k in tags)
+    if not has_rows:
+        for row in rows:
+            _append(model_name, row)
+    cells = 0
+    for version, accuracies in model.get("accuracy", {}).items():
+        try:
+            _set_cells(model_name, version, accuracies)
+            cells += len(accuracies)
+        except registry.RegistryError:
+            pass  # a version this registry does not have
+    client = registry.client()
+    for suite, role in model.get("roles", {}).items():
+        if ROLE_TAG + suite not in tags:
+            client.set_registered_model_tag(model_name, ROLE_TAG + suite, role)
+    return (f"{model_name}: {0 if has_rows else len(rows)} rows"
+            f"{' (the registry had rows already)' if has_rows else ''}, up to {cells} cells")
 
 
 def _is_target(model: dict, suite: str) -> bool:

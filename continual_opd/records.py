@@ -111,7 +111,8 @@ class UpdateOutcome(Record):
 
 
 class SkippedBatch(Record):
-    """An update that did nothing because its rows were already trained on (recognised by digest)."""
+    """An update that did nothing because its rows were already trained on (recognised by digest), or because
+    another worker took the batch from a shared inbox first (digest empty: the file was gone)."""
 
     path: str
     digest: str

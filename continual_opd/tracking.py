@@ -107,7 +107,8 @@ def interrupted_update(params) -> str | None:
     same champion: then every finished stage is a task-cache hit and the gate finds its own recorded decision,
     even when the killed attempt had already moved `champion` to its candidate (which a fresh read would take
     for the champion and train against). Such runs are closed here as KILLED, tagged `outcome=interrupted`
-    with the stage they died in. Call it holding the home's update lock: then no live update owns one.
+    with the stage they died in. Call it holding the update lock: then no live update owns one (with a Prefect
+    server, on any machine).
     """
     client = registry.client()
     exp = client.get_experiment_by_name(UPDATES_EXPERIMENT)

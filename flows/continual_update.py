@@ -7,9 +7,17 @@ records, so Prefect caches a finished stage by its inputs: a rerun after a crash
 Retries are for transient errors only; a contract violation or a failed teacher gate is final.
 The champion is read once, at the start, and passed down as a version.
 
+Updates run one at a time (`continual_opd.locking.exclusive`): with a Prefect server, across every worker
+of it, through a leased slot of the global concurrency limit `update_lock.concurrency_limit`; always,
+across the processes of a home, through its file lock. Inside the lock everything that decides the update
+is read from MLflow (the ledger of batches trained on, the champion, the skills taught so far), so a second
+machine behaves as if it were the first. The batch may sit in a shared store (`batches`, see
+`continual_opd.batch_store`); the stages read a local copy of it.
+
 No `from __future__ import annotations` here: it breaks pydantic flow parameters under `flow.serve`.
 """
 
+import contextlib
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -19,12 +27,14 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from continual_opd import registry
+from continual_opd.batch_store import BatchStore, exists, staged
 from continual_opd.compat import check_update_models
-from continual_opd.home import current_home, file_lock, prepare_stores
+from continual_opd.home import current_home, prepare_stores
+from continual_opd.locking import exclusive
 from continual_opd.records import (AcceptedBatch, Candidate, Decision, EvalReport, ModelRef, SkippedBatch, Teacher,
                                    UpdateOutcome)
-from continual_opd.tracking import (UPDATES_EXPERIMENT, close_update_run, code_revision, interrupted_update,
-                                    open_update_run, set_stage)
+from continual_opd.tracking import (UPDATES_EXPERIMENT, close_update_run, code_revision, current_flow_run_id,
+                                    interrupted_update, open_update_run, set_stage)
 from flows.params import UpdateParams
 from gates.promotion import decide
 from tasks.distill import distill
@@ -56,9 +66,11 @@ stage = dict(cache_policy=STAGE_CACHE, persist_result=True, retries=2, retry_del
 @task(name="validate", **stage)
 def validate_task(batch_path: str, batch_sha256: str, params: UpdateParams, tokenizer_folder: str,
                   parent_run_id: str) -> AcceptedBatch:
+    home = current_home()
     try:
         return validate_batch(batch_path, params.contract, params.catalogue(), params.evaluation.suite_size,
-                              tokenizer_folder, current_home(), parent_run_id, move=False)
+                              tokenizer_folder, home, parent_run_id, move=False,
+                              store=BatchStore.at(params.batches, home))
     except ContractViolation as exc:
         create_table_artifact(contract_table(exc.report), key="data-contract",
                               description=f"Data contract failures for {Path(batch_path).name}")
@@ -91,9 +103,8 @@ def gate_task(report: EvalReport, candidate: Candidate, champion: ModelRef, para
     return decide(report, candidate, champion, params.gate, params.catalogue(), current_home(), parent_run_id)
 
 
-def _file_sha256(path: str) -> str:
-    p = Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
 
 def read_champion(model_name: str, version: str | None = None) -> ModelRef:
@@ -113,10 +124,23 @@ def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
     """Validate a batch, train a teacher, distil a candidate, evaluate it against the champion, gate it."""
     logger = get_run_logger()
     home = prepare_stores(current_home())
-    with file_lock(home.locks / "update.lock",
-                   on_wait=lambda: logger.warning("another continual update is running; waiting for it to finish")):
+    store = BatchStore.at(params.batches, home)
+    lock = params.update_lock
+
+    def waiting(what: str) -> None:
+        logger.warning(f"another continual update is running; waiting for it to finish (it holds {what})")
+
+    with (exclusive(home, "update", limit=lock.concurrency_limit, timeout_s=lock.timeout_s, lease_s=lock.lease_s,
+                    on_wait=waiting, holder_flow_run=current_flow_run_id(), stop_if_lease_lost=False),
+          contextlib.ExitStack() as stack):
+        if store.in_inbox(params.batch) and not exists(params.batch):  # a shared inbox: another worker took it
+            reason = (f"batch file {params.batch} is no longer in the inbox: another update took it while this one "
+                      f"waited (see {store.processed}, {store.quarantine} and the MLflow experiment batch-ledger)")
+            logger.info(reason)
+            return SkippedBatch(path=params.batch, digest="", reason=reason)
+        local = stack.enter_context(staged(params.batch, home))
         try:  # outside the task cache: a cached AcceptedBatch must never hide a re-sent copy
-            ensure_new_batch(params.batch, home)
+            ensure_new_batch(params.batch, home, store)
         except DuplicateBatch as dup:
             logger.info(str(dup))
             return SkippedBatch(path=params.batch, digest=dup.digest, reason=str(dup))
@@ -132,7 +156,7 @@ def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
         logger.info(f"champion is {champion.name} v{champion.version}; MLflow run {run_id}")
 
         set_stage(run_id, "validate")
-        batch = validate_task(params.batch, _file_sha256(params.batch), params, champion.folder, run_id)
+        batch = validate_task(params.batch, _file_sha256(local), params, champion.folder, run_id)
         set_stage(run_id, "teacher_rl")
         teacher = teacher_rl_task(batch, champion, params, run_id)
         set_stage(run_id, "distill")
@@ -142,7 +166,7 @@ def continual_update(params: UpdateParams) -> UpdateOutcome | SkippedBatch:
         set_stage(run_id, "gate")
         decision = gate_task(report, candidate, champion, params, run_id)
 
-        mark_processed(params.batch, batch, home)
+        batch = mark_processed(params.batch, batch, home, store)
         create_markdown_artifact(summary_markdown(champion, candidate, report, decision), key="update-summary")
         close_update_run(run_id, None, decision=decision)
     return UpdateOutcome(batch=batch, teacher=teacher, candidate=candidate, report=report, decision=decision,

@@ -8,8 +8,9 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from continual_opd.batch_store import BatchStoreError, check_location
 from continual_opd.compute import ComputeConfig
 from continual_opd.config import StrictConfig
 from continual_opd.registry import STUDENT_MODEL
@@ -21,6 +22,18 @@ from tasks.distill_config import DistillConfig
 from tasks.evaluate import EvalConfig
 from tasks.teacher_rl import TeacherConfig
 from tasks.validate import ContractConfig
+
+
+class UpdateLockConfig(StrictConfig):
+    """How updates are kept apart: one at a time per home always, and across machines with a Prefect server."""
+
+    concurrency_limit: str = Field("continual-opd-update", description=(
+        "Prefect global concurrency limit (1 slot) an update holds while it runs, when a Prefect server is "
+        "configured, so updates on every worker run one at a time; empty to rely on the home's file lock only."))
+    timeout_s: float = Field(6 * 3600.0, gt=0, description="Seconds to wait for a running update to finish.")
+    lease_s: float = Field(120.0, ge=60, description=(
+        "Lease of the slot in seconds (Prefect grants 60 or more): renewed while the update runs; if its worker "
+        "dies, the slot is freed this long after (plus up to 15 s)."))
 
 
 class UpdateSettings(StrictConfig):
@@ -36,11 +49,24 @@ class UpdateSettings(StrictConfig):
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate settings.")
     compute: ComputeConfig = Field(default_factory=ComputeConfig, description="How every stage uses the machine: "
                                                                               "precision and vLLM rollouts.")
+    batches: str = Field("", description=(
+        "Where batches wait (inbox/) and go (processed/, quarantine/): empty = the home; or a folder or fsspec "
+        "URL shared by every worker, e.g. s3://bucket/continual-opd (credentials from the environment)."))
+    update_lock: UpdateLockConfig = Field(default_factory=UpdateLockConfig, description=(
+        "How concurrent updates wait for each other."))
 
     @model_validator(mode="after")
     def _skill_files_load(self):
         self.catalogue()  # a wrong skill file fails here, naming its file and field, not inside a stage
         return self
+
+    @field_validator("batches")
+    @classmethod
+    def _batches_open(cls, location: str) -> str:
+        try:
+            return check_location(location)  # a missing driver (s3fs) fails here, not after the update started
+        except BatchStoreError as exc:
+            raise ValueError(str(exc)) from None
 
     def catalogue(self) -> Catalogue:
         """The skills of this update: those the skill files declare, or the demo world's (cached per file state)."""
@@ -50,7 +76,8 @@ class UpdateSettings(StrictConfig):
 class UpdateParams(UpdateSettings):
     """The parameters of one continual update."""
 
-    batch: str = Field(description="Batch file to learn from: JSONL or parquet rows id, skill, prompt, answer.")
+    batch: str = Field(description="Batch file to learn from (a path or an fsspec URL): JSONL or parquet rows id, "
+                                   "skill, prompt, answer.")
 
 
 class _Loader(yaml.SafeLoader):

@@ -6,8 +6,8 @@ the report; version tags (`gate_decision`, `gate_reasons`, `gate_run_id`) say it
 history of alias moves, so this trail is the history (`gates.views.history_text`).
 
 The registry writes happen inside a Prefect transaction: each write is staged with an `on_rollback`
-hook that undoes it, so if anything fails (tags, matrix, report, the alias move) the previous aliases,
-tags and accuracy matrix are put back and the audit run ends FAILED. The alias move is the last write:
+hook that undoes it, so if anything fails (tags, matrix rows, report, the alias move) the previous aliases,
+tags and accuracy-matrix rows are put back and the audit run ends FAILED. The alias move is the last write:
 a process *killed* mid-decision (no hook runs) leaves either no recorded decision, and the rerun decides
 again, or a recorded one whose alias move the rerun completes (`finish_interrupted`); `champion` never
 points at a version whose blessing is not yet written. The transaction commits eagerly: once a decision
@@ -73,7 +73,7 @@ def record_decision(*, event: str, promote: bool, model_name: str, new_champion:
                 if math.isfinite(value):
                     client.log_metric(rid, key, value)
         client.log_dict(rid, [c.__dict__ for c in verdict.checks], "gate/checks.json")
-        matrix_before = accuracy_matrix.snapshot(home)
+        matrix_before = accuracy_matrix.snapshot(home, model_name)
 
         # The alias move comes last and everything a rerun needs comes before it: a process killed at any point
         # leaves either no decision (the rerun decides again) or a recorded one (the rerun completes it), and
@@ -89,10 +89,10 @@ def record_decision(*, event: str, promote: bool, model_name: str, new_champion:
                     _set_version_tags(txn, model_name, old_champion, {
                         "rolled_back": "true", "rollback_reason": _clip(extra_tags.get("rollback_reason", "")),
                         "rollback_run_id": rid})
-            txn.stage("accuracy-matrix", on_rollback_hooks=[_restore_matrix_hook(home, matrix_before)])
+            txn.stage("accuracy-matrix", on_rollback_hooks=[_restore_matrix_hook(home, model_name, matrix_before)])
             _extend_matrix(home, model_name, old_champion, new_champion if promote else "", event,
                            extra_tags.get("target_skill", ""), rid)
-            model = accuracy_matrix.load(home)["models"].get(model_name, {"accuracy": {}, "rows": []})
+            model = accuracy_matrix.load(home, model_name)
             client.log_dict(rid, model, "gate/accuracy_matrix.json")
             for key, value in accuracy_matrix.gem_metrics(model).items():
                 if value is not None:
@@ -187,9 +187,9 @@ def _set_version_tags(txn, model_name: str, version: str, tags: dict[str, str]) 
         client.set_model_version_tag(model_name, version, key, value)
 
 
-def _restore_matrix_hook(home: Home, text: str | None):
+def _restore_matrix_hook(home: Home, model_name: str, rows: dict[str, str]):
     def restore_accuracy_matrix(_txn):
-        accuracy_matrix.restore(home, text)
+        accuracy_matrix.restore(home, model_name, rows)
 
     return restore_accuracy_matrix
 
@@ -197,7 +197,7 @@ def _restore_matrix_hook(home: Home, text: str | None):
 def _extend_matrix(home: Home, model_name: str, old_champion: str, new_champion: str, event: str,
                    target_skill: str, run_id: str) -> None:
     """Start the matrix with the champion's row if it is empty, then add the new champion's row."""
-    rows = accuracy_matrix.load(home)["models"].get(model_name, {}).get("rows", [])
+    rows = accuracy_matrix.load(home, model_name)["rows"]
     if not rows and old_champion:
         accuracy_matrix.append_row(home, model_name, old_champion, "baseline")
     event_name = "promoted" if event == "gate" else event

@@ -67,7 +67,7 @@ def history_text(model_name: str = registry.STUDENT_MODEL, home: Home | None = N
     runs = list(reversed(_decision_runs(model_name)))
     lines = [f"decision log of {model_name} (MLflow experiment {GATE_EXPERIMENT}):"]
     lines += [f"  {_decision_line(r)}" for r in runs] or ["  no decisions yet"]
-    model = accuracy_matrix.load(home)["models"].get(model_name, {"accuracy": {}, "rows": []})
+    model = accuracy_matrix.load(home, model_name)
     lines += ["", "accuracy matrix (rows: champions in order; cells: strict accuracy %):",
               accuracy_matrix.render_markdown(model_name, model)]
     return "\n".join(lines)

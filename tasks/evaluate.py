@@ -10,7 +10,7 @@ labels and, on the demo world, tracked forgetting better than accuracy on the ne
 with no accuracy loss, >= 0.13 with drops of 15 points or more.
 
 Everything goes to one MLflow run (metrics under the shared names, the per-item `gate/items.jsonl`),
-and the measured accuracies fill the home's accuracy matrix (gates.accuracy_matrix).
+and the measured accuracies fill the accuracy matrix in the registry (continual_opd.accuracy_matrix).
 """
 
 import json

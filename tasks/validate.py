@@ -4,13 +4,18 @@
 `data_contracts/`, logs the result to MLflow (nested `validate` run), builds Data Docs into the home
 and then either accepts the batch or quarantines it with its report. Nothing is deleted:
 
-- accepted: `move=True` moves the file to `processed/` and records its content digest in the ledger
+- accepted: `move=True` files the batch into `processed/` and records its content digest in the ledger
   at once; `move=False` (what the flow does) leaves it in place until `mark_processed` is called after
   the update has used it, so an update that fails later does not lose the batch;
 - rejected (a failed expectation, or a file that cannot be read): the file and its report go to
   `quarantine/` whatever `move` says, so a scheduled run never picks the same bad file up again, and
   `ContractViolation` is raised (never retried: it is not transient);
-- already accepted (same digest): `DuplicateBatch` is raised and the copy goes to `processed/duplicates/`.
+- already accepted (same digest): `DuplicateBatch` is raised and an inbox copy goes to `processed/duplicates/`.
+
+The folders are those of a `BatchStore` (`continual_opd.batch_store`: the home's by default, or a shared
+folder or bucket), and filing follows its rule: a batch that waited in the inbox is moved, any other file
+is copied, so `continual-opd run --batch ~/data/b.jsonl` leaves the user's file where it was. A batch
+behind a URL is read from a local copy in the home.
 
 A batch teaches exactly one *target* skill (`AcceptedBatch.skill`): several target skills, core-skill
 rows or unknown skills fail the contract, because one update trains one teacher and runs one gate.
@@ -19,14 +24,15 @@ rows or unknown skills fail the contract, because one update trains one teacher 
 
 import datetime as dt
 import json
-import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from continual_opd import batch_store
 from continual_opd.batch_io import UnreadableBatch, batch_digest, load_batch, load_batch_table, text_cells
+from continual_opd.batch_store import BatchStore
 from continual_opd.config import StrictConfig
 from continual_opd.home import Home
 from continual_opd.modelio import load_tokenizer
@@ -83,8 +89,10 @@ class ContractViolation(Exception):
         return self.report.markdown()
 
     @property
-    def quarantined(self) -> Path | None:
-        return Path(self.report.quarantined) if self.report.quarantined else None
+    def quarantined(self) -> Path | str | None:
+        """Where the batch went: a local Path, or the URL in a shared store."""
+        where = self.report.quarantined
+        return None if not where else Path(where) if batch_store.is_local(where) else where
 
 
 class UnreadableBatchError(ContractViolation):
@@ -187,26 +195,29 @@ def _cells_digest(cells: dict) -> str:
     return batch_digest([Item(*(str(col[i]) for col in shown)) for i in range(len(shown[0]))])
 
 
-def ensure_new_batch(path: str | Path, home: Home) -> None:
-    """Raise `DuplicateBatch` (and move the copy to `processed/duplicates/`) if these rows were accepted before.
+def ensure_new_batch(path: str | Path, home: Home, store: BatchStore | None = None) -> None:
+    """Raise `DuplicateBatch` (and move an inbox copy to `processed/duplicates/`) if these rows were accepted before.
 
     Cheap (no GX, no tokenizer). A flow that caches the validate task by its inputs must call this
     outside the cache: a cached `AcceptedBatch` for a re-sent identical file would skip the ledger.
     A file that cannot be read passes here; `validate_batch` reports it.
     """
-    path = Path(path)
+    local = batch_store.local_copy(path, home)
     try:
-        digest = _cells_digest(text_cells(load_batch_table(path), path))
+        digest = _cells_digest(text_cells(load_batch_table(local), local))
     except UnreadableBatch:
         return
     entry = ledger.find(home, digest)
     if entry is not None:
-        _skip_duplicate(path, digest, entry, home)
+        _skip_duplicate(path, digest, entry, store or BatchStore.at("", home))
 
 
-def _skip_duplicate(path: Path, digest: str, entry: dict, home: Home):
-    moved = _move(path, home.processed / "duplicates") if path.is_file() else None
-    raise DuplicateBatch(str(path), digest, entry, str(moved) if moved else None)
+def _skip_duplicate(path: str | Path, digest: str, entry: dict, store: BatchStore):
+    """An inbox copy moves to `processed/duplicates/`; a file given from elsewhere stays where it is."""
+    moved = None
+    if store.in_inbox(path) and batch_store.exists(path):
+        moved = store.file_away(path, batch_store.join(store.processed, "duplicates"))
+    raise DuplicateBatch(str(path), digest, entry, moved)
 
 
 def _num(value) -> str:
@@ -214,23 +225,28 @@ def _num(value) -> str:
 
 
 def validate_batch(path: str, cfg: ContractConfig, catalogue: Catalogue, suite_size: int, tokenizer_folder: str,
-                   home: Home, parent_run_id: str | None = None, move: bool = True) -> AcceptedBatch:
-    """Validate one batch file; accept it (see the module docstring for `move`), or quarantine it and raise."""
+                   home: Home, parent_run_id: str | None = None, move: bool = True,
+                   store: BatchStore | None = None) -> AcceptedBatch:
+    """Validate one batch (a local file or a URL); accept it (see the module docstring for `move`), or quarantine it
+    and raise. `store` holds the inbox, `processed/` and `quarantine/` (default: the home's)."""
     import mlflow
 
-    path = Path(path)
     home.ensure()
-    checked = check_batch(path, cfg, catalogue, suite_size, student_tokenizer(str(tokenizer_folder)), home, docs=True)
+    store = store or BatchStore.at("", home)
+    local = batch_store.local_copy(path, home)
+    checked = check_batch(local, cfg, catalogue, suite_size, student_tokenizer(str(tokenizer_folder)), home, docs=True)
     report = checked.report
+    report.file = str(path)
     if checked.duplicate_of is not None:
-        _skip_duplicate(path, report.digest, checked.duplicate_of, home)
+        _skip_duplicate(path, report.digest, checked.duplicate_of, store)
 
     destination = None
-    if not report.success and path.is_file():
-        destination = _free_name(home.quarantine, path.name)
-        report.quarantined = str(destination)
-        report.report_files = [f"{destination}.report.md", f"{destination}.report.json"]
-    with stage_run("validate", parent_run_id, tags={"data_digest": report.digest or "", "batch_file": path.name,
+    if not report.success and local.is_file():
+        destination = store.free_name(store.quarantine, batch_store.name_of(path))
+        report.quarantined = destination
+        report.report_files = [f"{destination}{suffix}" for suffix in batch_store.REPORT_SUFFIXES]
+    with stage_run("validate", parent_run_id, tags={"data_digest": report.digest or "",
+                                                      "batch_file": batch_store.name_of(path),
                                                       "contract_version": report.contract_version,
                                                       "contract_passed": str(report.success).lower()}) as run:
         report.mlflow_run_id = run.info.run_id
@@ -243,76 +259,54 @@ def validate_batch(path: str, cfg: ContractConfig, catalogue: Catalogue, suite_s
     if not report.success:
         if destination is not None:
             _write_report(destination, report, checked.gx_results)
-            _move(path, home.quarantine, destination)
+            store.file_away(path, store.quarantine, destination)
         error = UnreadableBatchError if report.problem else ContractViolation
         raise error(report, cfg.max_examples)
 
-    accepted = AcceptedBatch(path=str(path), digest=report.digest, skill=report.skill, rows=report.rows,
+    accepted = AcceptedBatch(path=str(local), digest=report.digest, skill=report.skill, rows=report.rows,
                              contract_version=report.contract_version, warnings=tuple(report.warnings))
-    return mark_processed(path, accepted, home) if move else accepted
+    return mark_processed(path, accepted, home, store) if move else accepted
 
 
-def mark_processed(path: str | Path, batch: AcceptedBatch, home: Home) -> AcceptedBatch:
-    """Record an accepted batch in the ledger and move its file to `processed/`; idempotent.
+def mark_processed(path: str | Path, batch: AcceptedBatch, home: Home,
+                   store: BatchStore | None = None) -> AcceptedBatch:
+    """Record an accepted batch in the ledger and file it into `processed/`; idempotent.
 
-    The flow calls this once the update has used the batch. The ledger line is written first, so a
-    crash between the two steps leaves the file where it was, to be recognised next time as a
-    duplicate, never an accepted batch that could be trained on twice.
+    `path` is where the batch came from (moved on from the inbox, copied from anywhere else). The flow
+    calls this once the update has used the batch. The ledger entry is written first, so a crash between
+    the two steps leaves the file where it was, to be recognised next time as a duplicate, never an
+    accepted batch that could be trained on twice.
     """
-    src = Path(path)
+    store = store or BatchStore.at("", home)
+    source = str(path)
     with ledger.lock(home):
         existing = ledger.find(home, batch.digest)
         if existing is not None:
-            if src.is_file() and src.resolve() != Path(existing["path"]).resolve():
-                _move(src, home.processed, Path(existing["path"]) if not Path(existing["path"]).exists() else None)
-            return batch.model_copy(update={"path": existing["path"]})
-        if not src.is_file():
-            raise FileNotFoundError(f"cannot mark {src} processed: the file is gone (batch digest {batch.digest[:16]})")
-        items = load_batch(src)
-        destination = src if src.parent.resolve() == home.processed.resolve() else _free_name(home.processed, src.name)
-        ledger.append(home, {"digest": batch.digest, "skill": batch.skill, "rows": batch.rows, "file": src.name,
-                             "source": str(src), "path": str(destination), "contract_version": batch.contract_version,
+            done = existing.get("path", "")
+            if batch_store.exists(source) and not batch_store.same(source, done):
+                if done and batch_store.in_folder(done, store.processed) and not batch_store.exists(done):
+                    store.file_away(source, store.processed, done)  # an interrupted attempt did not file it
+                elif store.in_inbox(source):
+                    store.file_away(source, store.processed)
+            return batch.model_copy(update={"path": done})
+        if not batch_store.exists(source):
+            raise FileNotFoundError(f"cannot mark {source} processed: the file is gone (batch digest "
+                                    f"{batch.digest[:16]})")
+        items = load_batch(batch_store.local_copy(source, home))
+        name = batch_store.name_of(source)
+        filed = batch_store.in_folder(source, store.processed)
+        destination = source if filed else store.free_name(store.processed, name)
+        ledger.append(home, {"digest": batch.digest, "skill": batch.skill, "rows": batch.rows, "file": name,
+                             "source": source, "path": destination, "contract_version": batch.contract_version,
                              "accepted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                              "warnings": list(batch.warnings),
                              "profile": profile([it.prompt for it in items], [it.answer for it in items])})
-        if destination != src:
-            _move(src, home.processed, destination)
-    return batch.model_copy(update={"path": str(destination)})
+        if not filed:
+            store.file_away(source, store.processed, destination)
+    return batch.model_copy(update={"path": destination})
 
 
-def inbox_batches(home: Home) -> list[Path]:
-    """Every file waiting in the inbox, oldest first (mtime, then name).
-
-    Hidden files are skipped (write a batch as `.name.tmp` and rename it in); files of any other type
-    are listed, so that a wrong format is quarantined with a clear report rather than left unnoticed.
-    """
-    if not home.inbox.is_dir():
-        return []
-    files = [p for p in home.inbox.iterdir() if p.is_file() and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
-
-
-def _free_name(folder: Path, name: str) -> Path:
-    """`folder/name`, or `folder/<stem>.<UTC time><suffix>` when that is taken: nothing is overwritten."""
-    folder.mkdir(parents=True, exist_ok=True)
-    candidate = folder / name
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    stem, suffix = Path(name).stem, Path(name).suffix
-    n = 0
-    while candidate.exists() or Path(f"{candidate}.report.md").exists():
-        n += 1
-        candidate = folder / f"{stem}.{stamp}{'-' + str(n) if n > 1 else ''}{suffix}"
-    return candidate
-
-
-def _move(src: Path, folder: Path, destination: Path | None = None) -> Path:
-    destination = destination or _free_name(folder, src.name)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(src), str(destination))
-    return destination
-
-
-def _write_report(destination: Path, report: ContractReport, gx_results: list) -> None:
-    Path(f"{destination}.report.md").write_text(report.markdown())
-    Path(f"{destination}.report.json").write_text(
-        json.dumps({"report": report.model_dump(mode="json"), "gx_results": gx_results}, indent=1, default=str))
+def _write_report(destination: str, report: ContractReport, gx_results: list) -> None:
+    batch_store.write_text(f"{destination}.report.md", report.markdown())
+    batch_store.write_text(f"{destination}.report.json", json.dumps(
+        {"report": report.model_dump(mode="json"), "gx_results": gx_results}, indent=1, default=str))

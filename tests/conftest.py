@@ -5,6 +5,7 @@ session on a fresh machine pays the few minutes it takes.
 """
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +28,33 @@ def home():
     from continual_opd.home import current_home, prepare_stores
 
     return prepare_stores(current_home())
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory):
+    """An empty, migrated MLflow SQLite file to copy (migrating a new one costs 5-30 s on this machine)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = tmp_path_factory.mktemp("empty-store")
+    SqlAlchemyStore(f"sqlite:///{folder / 'mlflow.db'}", str(folder / "artifacts"))
+    return folder / "mlflow.db"
+
+
+@pytest.fixture()
+def fresh_world(home, empty_store, tmp_path):
+    """A home with a store of its own (empty registry, ledger and matrix), the current one during this test."""
+    import mlflow
+
+    from continual_opd.home import Home, prepare_stores
+    from tests.helpers.environ import environment
+
+    world = Home(tmp_path / "home").ensure()
+    shutil.copy(empty_store, world.mlflow_db)
+    try:
+        with environment(CONTINUAL_OPD_HOME=str(world.root), MLFLOW_TRACKING_URI=f"sqlite:///{world.mlflow_db}"):
+            yield prepare_stores(world)
+    finally:
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", home.tracking_uri))
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from continual_opd.home import Home
-from data_contracts import ROWS_SUITE, check_ids
+from continual_opd.batch_store import BatchStore
+from data_contracts import ROWS_SUITE, check_ids, ledger
 from cli.validate import validate_command
 from continual_opd.batch_io import write_jsonl
 from continual_opd.skills import Item
@@ -27,7 +27,6 @@ from tasks.validate import (
     check_batch,
     contract_table,
     ensure_new_batch,
-    inbox_batches,
     mark_processed,
     student_tokenizer,
     validate_batch,
@@ -56,9 +55,9 @@ def tokenizer(tokenizer_folder):
 
 
 @pytest.fixture()
-def fresh_home(home, tmp_path):
-    """A home of its own for ledger, inbox and quarantine (MLflow runs still go to the session's store)."""
-    return Home(tmp_path / "home").ensure()
+def fresh_home(fresh_world):
+    """A home and a store of their own: inbox, quarantine, and a ledger that no other test wrote to."""
+    return fresh_world
 
 
 def good_items(n=ROWS, seed=11, skill="add"):
@@ -353,7 +352,69 @@ def test_inbox_lists_batches_oldest_first(fresh_home):
         path.write_text("x")
         os.utime(path, (mtime, mtime))
     (fresh_home.inbox / "folder").mkdir()
-    assert [p.name for p in inbox_batches(fresh_home)] == ["c.parquet", "a.jsonl", "b.jsonl", "notes.csv"]
+    listed = BatchStore.at("", fresh_home).list_inbox()
+    assert [Path(p).name for p in listed] == ["c.parquet", "a.jsonl", "b.jsonl", "notes.csv"]
+    assert listed[0] == str(fresh_home.inbox / "c.parquet")
+
+
+def test_a_batch_given_by_path_stays_where_it_was(fresh_home, tokenizer_folder, tmp_path):
+    """Only inbox batches move on; a user's own file is copied into processed/ or quarantine/, and left alone."""
+    mine = write_jsonl(good_items(seed=51), tmp_path / "mine" / "b.jsonl")
+    original = mine.read_bytes()
+    accepted = validate_batch(str(mine), ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home)
+    assert mine.read_bytes() == original
+    assert Path(accepted.path) == fresh_home.processed / "b.jsonl" and Path(accepted.path).read_bytes() == original
+    assert ledger.find(fresh_home, accepted.digest)["source"] == str(mine)
+    # the same file again: skipped as already trained on, and still left where it is
+    with pytest.raises(DuplicateBatch) as caught:
+        ensure_new_batch(mine, fresh_home)
+    assert caught.value.moved_to is None and "left in place" in str(caught.value) and mine.is_file()
+
+    bad = write_jsonl(replace(good_items(seed=52), 4, prompt=""), tmp_path / "mine" / "bad.jsonl")
+    with pytest.raises(ContractViolation) as caught:
+        validate_batch(str(bad), ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home)
+    assert bad.is_file() and caught.value.quarantined == fresh_home.quarantine / "bad.jsonl"
+    assert caught.value.quarantined.read_bytes() == bad.read_bytes()
+    assert "prompt_not_blank" in Path(f"{caught.value.quarantined}.report.md").read_text()
+
+    # the flow's path: validate without filing, then mark processed once the update used it
+    later = write_jsonl(good_items(seed=53), tmp_path / "mine" / "later.jsonl")
+    waiting = validate_batch(str(later), ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home, move=False)
+    done = mark_processed(later, waiting, fresh_home)
+    assert later.is_file() and Path(done.path) == fresh_home.processed / "later.jsonl"
+    assert mark_processed(later, waiting, fresh_home).path == done.path and later.is_file()  # idempotent
+
+
+def test_the_ledger_is_in_mlflow_and_an_old_home_ledger_is_migrated_once(fresh_home, tokenizer_folder, tmp_path):
+    """A second home on the same store sees what the first accepted; a home's old ledger file moves in once."""
+    from continual_opd.home import Home
+
+    path = write_jsonl(good_items(seed=61), fresh_home.inbox / "first.jsonl")
+    accepted = validate_batch(str(path), ContractConfig(), DEMO, SUITE_SIZE, tokenizer_folder, fresh_home)
+    other = Home(tmp_path / "other-machine").ensure()
+    resent = write_jsonl(good_items(seed=61), other.inbox / "first.jsonl")
+    with pytest.raises(DuplicateBatch) as caught:
+        ensure_new_batch(resent, other)
+    assert caught.value.entry["path"] == accepted.path and Path(caught.value.moved_to).parent.name == "duplicates"
+    assert not (other.processed / "ledger.jsonl").exists()
+
+    old = Home(tmp_path / "old-home").ensure()
+    legacy = [{"digest": accepted.digest, "skill": "add", "rows": ROWS, "file": "dup.jsonl", "path": "x",
+               "accepted_at": "2025-01-01T00:00:00+00:00"},
+              {"digest": "f" * 64, "skill": "sub", "rows": 3, "file": "old.jsonl", "path": "/old/processed/old.jsonl",
+               "accepted_at": "2025-01-02T00:00:00+00:00", "profile": {"prompt_shape": {"values": [], "weights": []}}}]
+    (old.processed / "ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in legacy))
+    entry = ledger.find(old, "f" * 64)
+    assert entry["file"] == "old.jsonl" and entry["path"] == "/old/processed/old.jsonl"
+    assert ledger.find(old, accepted.digest)["file"] == "first.jsonl"  # already there: kept, not added again
+    assert not (old.processed / "ledger.jsonl").exists() and (old.processed / "ledger.jsonl.migrated").is_file()
+    assert ledger.find(fresh_home, "f" * 64)["file"] == "old.jsonl"  # visible from any home of the store
+    assert ledger.last_for_skill(old, "sub")["profile"] == legacy[1]["profile"]
+    from continual_opd import registry
+
+    client = registry.client()
+    runs = client.search_runs([registry.experiment_id(ledger.LEDGER_EXPERIMENT)], "")
+    assert sorted(r.data.tags["batch_file"] for r in runs) == ["first.jsonl", "old.jsonl"]
 
 
 def test_contract_config_is_strict():

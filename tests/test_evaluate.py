@@ -163,7 +163,7 @@ def test_drift_kl_handles_left_padding_like_unpadded_sequences(base_folder, pert
 
 def test_the_accuracy_matrix_gets_both_versions_and_taught_skills_are_evaluated(setup, report, home):
     name, champion, candidate = setup
-    cells = accuracy_matrix.load(home)["models"][name]["accuracy"]
+    cells = accuracy_matrix.load(home, name)["accuracy"]
     assert cells[champion.version] == {s: st.champion_acc for s, st in report.suites.items()}
     assert cells[candidate.model.version] == {s: st.candidate_acc for s, st in report.suites.items()}
     # Once an update taught `sub`, later updates (of another skill) evaluate `sub` too, so forgetting it shows.

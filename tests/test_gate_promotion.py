@@ -104,7 +104,7 @@ def test_a_good_candidate_is_promoted_with_an_audit_run(model, home, base_folder
             "gate/accuracy_matrix.json", "gate/decision.json"} <= files
     assert client.get_experiment(client.get_run(decision.audit_run_id).info.experiment_id).name == GATE_EXPERIMENT
 
-    rows = accuracy_matrix.load(home)["models"][model]["rows"]
+    rows = accuracy_matrix.load(home, model)["rows"]
     assert [(r["version"], r["event"], r["target_skill"]) for r in rows] == [("1", "baseline", ""),
                                                                              (v2, "promoted", "add")]
 
@@ -120,7 +120,7 @@ def test_a_forgetting_candidate_is_rejected_and_the_reasons_name_the_suite(model
     t = tags(model, v2)
     assert t["gate_decision"] == "rejected" and "suite reverse regressed" in t["gate_reasons"]
     assert audit_record(decision.audit_run_id)["tags"]["gate_decision"] == "rejected"
-    rows = accuracy_matrix.load(home)["models"][model]["rows"]
+    rows = accuracy_matrix.load(home, model)["rows"]
     assert [r["version"] for r in rows] == ["1"]  # the champion stays; no row for a rejected candidate
 
 
@@ -147,7 +147,7 @@ def test_a_failure_after_the_alias_move_rolls_everything_back(model, home, base_
     import gates.audit as audit
 
     v2 = register(model, base_folder, "v2")
-    matrix_before = accuracy_matrix.snapshot(home)
+    matrix_before = accuracy_matrix.snapshot(home, model)
 
     real_move = audit._move_aliases
 
@@ -163,7 +163,7 @@ def test_a_failure_after_the_alias_move_rolls_everything_back(model, home, base_
         decide(*args)
     assert aliases(model) == {"champion": "1"}
     assert "gate_decision" not in tags(model, v2) and "gate_run_id" not in tags(model, v2)
-    assert accuracy_matrix.snapshot(home) == matrix_before
+    assert accuracy_matrix.snapshot(home, model) == matrix_before
     runs = registry.client().search_runs([registry.experiment_id(GATE_EXPERIMENT)],
                                          f"tags.model_name = '{model}'")
     (failed,) = runs
@@ -207,7 +207,7 @@ def test_two_concurrent_gate_runs_are_serialised_and_only_one_wins(model, home, 
 
 def test_the_prefect_concurrency_limit_serialises_even_across_homes(tmp_path, monkeypatch):
     """Two different homes (so two different file locks): only the Prefect global limit can serialise them."""
-    from gates import locking
+    from continual_opd import locking
 
     monkeypatch.setattr(locking, "prefect_server_configured", lambda: True)  # this process's API plays the server
     spans = []
@@ -256,7 +256,7 @@ def test_rollback_restores_the_previous_champion_and_is_recorded(model, home, ba
     assert audit["tags"]["event"] == "rollback" and audit["tags"]["gate_decision"] == "rollback"
     assert audit["tags"]["rollback_reason"] == "users report worse reversals" and audit["tags"]["forced"] == "false"
     assert tags(model, v2)["rolled_back"] == "true"
-    rows = accuracy_matrix.load(home)["models"][model]["rows"]
+    rows = accuracy_matrix.load(home, model)["rows"]
     assert [(r["version"], r["event"]) for r in rows] == [("1", "baseline"), (v2, "promoted"), ("1", "rollback")]
 
     history = history_text(model, home=home)

@@ -85,25 +85,28 @@ class Proc:
         return self.err.read_text(errors="replace")
 
 
-def start(home: Path, argv: list[str], log_name: str, pause_at: str | None = None) -> Proc:
-    """Start `continual-opd ARGV` on `home` in its own process group (so a kill takes its Prefect API too)."""
+def start(home: Path, argv: list[str], log_name: str, pause_at: str | None = None, env: dict | None = None) -> Proc:
+    """Start `continual-opd ARGV` on `home` in its own process group (so a kill takes its Prefect API too).
+
+    `env` adds to `cli_env(home)`: the servers' URLs for a process that plays a worker of a shared stack.
+    """
     logs = home.parent / "logs"
     logs.mkdir(exist_ok=True)
     out, err = logs / f"{log_name}.out", logs / f"{log_name}.err"
     if pause_at:
         cmd = [sys.executable, str(PAUSE_CLI), pause_at, *argv]
-        env = cli_env(home, RELIABILITY_MARKER=str(marker(home)))
+        environment = cli_env(home, RELIABILITY_MARKER=str(marker(home)), **(env or {}))
         marker(home).unlink(missing_ok=True)
     else:
-        cmd, env = [sys.executable, "-m", "cli", *argv], cli_env(home)
+        cmd, environment = [sys.executable, "-m", "cli", *argv], cli_env(home, **(env or {}))
     with open(out, "w") as o, open(err, "w") as e:
-        popen = subprocess.Popen(cmd, cwd=home.parent, env=env, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+        popen = subprocess.Popen(cmd, cwd=home.parent, env=environment, stdout=o, stderr=e,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
     return Proc(popen, out, err)
 
 
-def run(home: Path, argv: list[str], log_name: str, timeout: float = 600) -> Proc:
-    proc = start(home, argv, log_name)
+def run(home: Path, argv: list[str], log_name: str, timeout: float = 600, env: dict | None = None) -> Proc:
+    proc = start(home, argv, log_name, env=env)
     proc.wait(timeout)
     return proc
 
