@@ -271,7 +271,8 @@ def _train_gate_register(rows, skill, catalogue: Catalogue, initial_folder: Path
         version = registry.register_folder(
             dest, cfg.registered_model, run_id, tags, identity["registration_key"],
             description=f"GRPO teacher for {skill.id} from {identity['initial_model']}: held-out accuracy "
-                        f"{initial_gate:.3f} -> {teacher_gate:.3f}.")
+                        f"{initial_gate:.3f} -> {teacher_gate:.3f}.",
+            example_prompts=[gate_set[0].prompt], trust_remote_code=cfg.trust_remote_code)
         mlflow.set_tag("teacher_version", str(version.version))
         metrics.add({"teacher/wall_seconds": time.time() - started}, steps_run)
         metrics.flush()
