@@ -7,7 +7,8 @@
   GPU is present; `model.generate` otherwise).
 - `heldout_callback`: held-out accuracy every N steps with the project's one decoder, the trainer's logs
   and step times to MLflow, and optionally the best checkpoint kept on disk and early stopping.
-- `attach`: the trainer's stdout printer removed (the curves go to MLflow), the callbacks added.
+- `attach`: the trainer's stdout printer removed (the curves go to MLflow), the callbacks added, and
+  optionally the training's progress shown (`continual_opd.progress`).
 """
 
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from continual_opd.decoding import skill_accuracy
 from continual_opd.modelio import save_model_atomic
+from continual_opd.progress import trainer_callback
 from continual_opd.skills import Catalogue, Item
 from continual_opd.tracking import MetricBuffer
 
@@ -52,13 +54,21 @@ def rollout_args() -> dict:
     return dict(use_vllm=True, vllm_mode="colocate") if use_vllm() else dict(use_vllm=False)
 
 
-def attach(trainer, callbacks: Sequence = ()):
-    """Drop the trainer's per-step stdout printer (the stage logs to MLflow) and add `callbacks`."""
+def attach(trainer, callbacks: Sequence = (), progress: str | None = None,
+           progress_logs: Mapping[str, str] | None = None):
+    """Drop the trainer's per-step stdout printer (the stage logs to MLflow) and add `callbacks`.
+
+    With `progress` (a title), show the steps with the held-out accuracies of `callbacks` that measure them
+    and the trainer logs in `progress_logs` (log name -> label).
+    """
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
     for callback in callbacks:
         trainer.add_callback(callback)
+    if progress is not None:
+        heldout = [c for c in callbacks if hasattr(c, "latest")]  # heldout_callback's accuracies
+        trainer.add_callback(trainer_callback(progress, heldout, progress_logs))
     return trainer
 
 

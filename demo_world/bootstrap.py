@@ -1,12 +1,15 @@
 """Bootstrap the demo world: pretrain a base and register it as the first `champion`.
 
-The base is a pure function of (recipe source, seed), so the pretrained folder is cached per machine
+The base is a pure function of (recipe code, seed), so the pretrained folder is cached per machine
 under `$CONTINUAL_OPD_CACHE` (default `~/.cache/continual-opd`), keyed by a hash of the demo-world
 code and the seed: a second home, a test session or CI on the same machine reuses it instead of
-pretraining for minutes again. Registration is per home and idempotent: bootstrapping a home that
+pretraining for minutes again. The hash is over the code's syntax tree, so comments, docstrings and
+layout can change without a re-pretraining; any change to the code itself re-pretrains, since telling
+code that cannot change the weights from code that can is not something a hash can do safely. Registration is per home and idempotent: bootstrapping a home that
 already has a champion is a no-op unless forced.
 """
 
+import ast
 import hashlib
 import json
 import os
@@ -30,8 +33,20 @@ def recipe_key(cfg: PretrainConfig) -> str:
     here = Path(__file__).parent
     h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
     for name in _RECIPE_FILES:
-        h.update((here / name).read_bytes())
+        h.update(code_fingerprint((here / name).read_text()))
     return h.hexdigest()[:16]
+
+
+def code_fingerprint(source: str) -> bytes:
+    """The code of a module without its comments, docstrings and layout (its syntax tree, dumped)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
 
 
 def cache_root() -> Path:

@@ -203,7 +203,7 @@ def _run_grpo(model, tokenizer, rows, rewards, cfg: TeacherConfig, output_dir: P
         args=_grpo_args(cfg, output_dir, [weight for _, weight in rewards]),
         reward_funcs=[r.for_trl() for r, _ in rewards],
     )
-    attach(trainer, [callback]).train()
+    attach(trainer, [callback], progress="teacher-rl", progress_logs={"reward": "reward"}).train()
     return trainer.state.global_step
 
 
