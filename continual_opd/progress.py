@@ -114,7 +114,9 @@ class Progress:
 
 
 def _number(value: float) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.1e}"  # a KL of 1e-4 is not 0.000
 
 
 def _is_terminal(stream) -> bool:
