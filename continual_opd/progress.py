@@ -14,6 +14,7 @@
 
 import logging
 import re
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -127,8 +128,11 @@ def _is_terminal(stream) -> bool:
 
 
 def _tqdm(title: str, total: int, stream):
-    return tqdm(total=total, desc=title, file=stream, bar_format=BAR_FORMAT, dynamic_ncols=True, leave=True,
-                mininterval=0.5)
+    # The size is asked once, with a fallback: a pseudo-terminal that reports 0 x 0 (`script`, `docker run -t`)
+    # made tqdm compute -1 rows and draw nothing at all.
+    size = shutil.get_terminal_size()
+    return tqdm(total=total, desc=title, file=stream, bar_format=BAR_FORMAT, ncols=size.columns, nrows=size.lines,
+                leave=True, mininterval=0.5)
 
 
 def artifact_key(title: str) -> str:
