@@ -33,7 +33,7 @@ class Progress:
     """Progress of one piece of work of `total` steps; a context manager (closes itself, even on an error).
 
     `update(step, metrics)` moves it to `step` (absolute), `advance(n, metrics)` by `n`; `metrics` (name ->
-    number) are shown beside it until new values replace them. `stream` defaults to stdout; `bar` forces
+    number) are shown beside it, in the order given and before older ones, until new values replace them. `stream` defaults to stdout; `bar` forces
     (True) or forbids (False) the live bar, by default it is used when the stream is a terminal.
     """
 
@@ -62,7 +62,8 @@ class Progress:
     def update(self, step: int, metrics: Mapping[str, float] | None = None) -> None:
         if self._closed:
             return
-        self.metrics.update(metrics or {})
+        metrics = dict(metrics or {})
+        self.metrics = {**metrics, **{k: v for k, v in self.metrics.items() if k not in metrics}}  # newest first
         step = min(step, self.total)
         moved, self.step = step - self.step, step
         now = time.monotonic()
@@ -181,7 +182,7 @@ def trainer_callback(title: str, heldout=(), logs: Mapping[str, str] | None = No
         def on_step_end(self, args, state, control, **kwargs):
             if self.progress is not None:
                 accuracies = {name: acc for callback in heldout for name, acc in callback.latest.items()}
-                self.progress.update(state.global_step, {**accuracies, **self.shown})
+                self.progress.update(state.global_step, {**self.shown, **accuracies})  # a narrow bar keeps the first
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.progress is not None:

@@ -109,6 +109,6 @@ def test_the_trainer_callback_shows_steps_heldout_accuracy_and_chosen_logs(capsy
     callback.on_step_end(None, state, None)
     callback.on_train_end(None, state, None)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("teacher-rl: 1/10 (10%)") and "add 0.500 reward 0.250" in lines[0], lines
+    assert lines[0].startswith("teacher-rl: 1/10 (10%)") and "reward 0.250 add 0.500" in lines[0], lines
     assert "loss" not in lines[0], "only the logs asked for are shown"
-    assert lines[-1].startswith("teacher-rl: 2/10 (20%)") and "add 0.750 reward 0.250" in lines[-1], lines
+    assert lines[-1].startswith("teacher-rl: 2/10 (20%)") and "reward 0.250 add 0.750" in lines[-1], lines
