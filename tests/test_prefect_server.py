@@ -7,8 +7,6 @@ flow's pydantic model produces for the `manual` deployment, and a running update
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,16 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.local_servers import ARTIFACTS, chromium, free_port, render
+
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,27 +72,6 @@ def test_manual_deployment_runs_an_update_through_server_and_worker(stack, home,
     assert str(champion.version) == str(expected)
 
 
-def _browser() -> str:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium): the UI was not rendered")
-    return browser
-
-
-def _render(browser: str, url: str, shot: Path) -> str:
-    """Screenshot `url` into `shot` with headless Chromium; returns the rendered DOM."""
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,2400",
-             "--virtual-time-budget=20000", f"--user-data-dir={ARTIFACTS / 'chromium-profile'}"]
-    ARTIFACTS.mkdir(exist_ok=True)
-    try:
-        subprocess.run([browser, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
-        return subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True,
-                              timeout=120).stdout
-    finally:
-        shutil.rmtree(ARTIFACTS / "chromium-profile", ignore_errors=True)
-
-
 def _api(stack, path: str, body: dict | None = None):
     request = urllib.request.Request(f"{stack['api']}{path}", data=json.dumps(body).encode() if body else None,
                                      headers={"Content-Type": "application/json"}, method="POST" if body else "GET")
@@ -108,13 +80,13 @@ def _api(stack, path: str, body: dict | None = None):
 
 
 def test_prefect_ui_shows_the_parameter_form(stack):
-    browser = _browser()
+    browser = chromium()
     deployments = _prefect(stack, "deployment", "inspect", "continual-update/manual")
     assert deployments.returncode == 0, deployments.stderr
     dep_id = next(line.split("'")[3] for line in deployments.stdout.splitlines() if "'id'" in line)
     url = f"http://127.0.0.1:{stack['port']}/deployments/deployment/{dep_id}/run"
     shot = ARTIFACTS / "prefect-manual-run-form.png"
-    dom = _render(browser, url, shot)
+    dom = render(browser, url, shot)
     assert shot.is_file() and shot.stat().st_size > 10_000
     for text in ("Batch file to learn from", "Teacher RL (GRPO) settings", "Promotion gate settings"):
         assert text in dom, f"{text!r} not on the run form at {url}"
@@ -126,7 +98,7 @@ def test_prefect_ui_shows_a_running_updates_progress(stack, home):
     from continual_opd.batch_io import write_jsonl
     from demo_world.skills import CATALOGUE
 
-    browser = _browser()
+    browser = chromium()
     batch = write_jsonl(CATALOGUE["add"].items("train", 256, seed=4343), home.inbox / "server-progress.jsonl")
     smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     teacher = {**smoke["teacher"], "steps": 200, "early_stop_accuracy": 1.0}  # long enough to be seen running
@@ -147,10 +119,10 @@ def test_prefect_ui_shows_a_running_updates_progress(stack, home):
         time.sleep(1)
 
     ui = f"http://127.0.0.1:{stack['port']}"
-    task_page = _render(browser, f"{ui}/runs/task-run/{artifact['task_run_id']}?tab=Artifacts",
+    task_page = render(browser, f"{ui}/runs/task-run/{artifact['task_run_id']}?tab=Artifacts",
                         ARTIFACTS / "prefect-running-update-progress.png")
     assert "progress-teacher-rl" in task_page and "Running" in task_page, "the running stage lists its progress"
-    artifact_page = _render(browser, f"{ui}/artifacts/artifact/{artifact['id']}",
+    artifact_page = render(browser, f"{ui}/artifacts/artifact/{artifact['id']}",
                             ARTIFACTS / "prefect-progress-artifact.png")
     shown = re.search(r"Progress: ([\d.]+)%", artifact_page)
     assert shown and 0 < float(shown.group(1)) <= 100, artifact_page[-2000:]

@@ -8,8 +8,6 @@ versions registered before (a bare folder under `model/`) and versions whose loc
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from cli.stack import wait_http
 from continual_opd import registry
 from continual_opd.decoding import greedy_complete
 from continual_opd.modelio import load_model, weights_digest
+from tests.helpers.local_servers import ARTIFACTS, chromium, free_port, render, stop_group
 
 PROMPTS = ["12+34=", "rev:abcd=", "up:xyz="]
 CHAMPION_URI = f"models:/{registry.STUDENT_MODEL}@{registry.CHAMPION}"
@@ -31,12 +31,6 @@ def suite_answers(folder, prompts=PROMPTS, **kwargs) -> list[str]:
     """What the forgetting suite reads from the model in `folder`."""
     model, tokenizer = load_model(folder)
     return greedy_complete(model, tokenizer, prompts, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_champion_loads_as_a_pyfunc_and_completes_prompts_like_the_forgetting_suite(champion):
@@ -126,20 +120,22 @@ def test_mlflow_models_serve_answers_invocations_for_the_champion(champion, tmp_
     assert server.poll() is not None
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (the CLI and the uvicorn it starts), SIGKILL what outlives 20 s."""
-    def alive() -> bool:
-        process.poll()  # reap the CLI, or it counts as a member
-        try:
-            os.killpg(process.pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        if not alive():
-            return
-        os.killpg(process.pid, sig)
-        deadline = time.time() + grace
-        while alive() and time.time() < deadline:
-            time.sleep(0.2)
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_mlflow_ui_shows_each_versions_schema(champion, home, tmp_path):
+    browser = chromium()
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(tmp_path / "mlflow-ui.log", "w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
+                               registry.client().tracking_uri, "--default-artifact-root", home.artifacts.as_uri(),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=180)
+        url = f"http://127.0.0.1:{port}/#/models/{registry.STUDENT_MODEL}/versions/{champion.version}"
+        dom = render(browser, url, ARTIFACTS / "mlflow-version-schema.png")
+    finally:
+        stop_group(server)
+        log.close()
+    assert "Schema" in dom and "Inputs (1)" in dom and "Outputs (1)" in dom, dom[-3000:]
