@@ -1,7 +1,7 @@
 """`continual-opd`: the command line over the flow, the registry and the local stack.
 
 Exit codes of `run` and `demo`: 0 promoted, 1 error, 2 data contract failed, 3 rejected by the gate,
-4 teacher gate failed. `validate`: 0 pass, 2 fail.
+4 teacher gate failed, 5 skipped (the batch was already trained on). `validate`: 0 pass, 2 fail.
 """
 
 import argparse
@@ -12,6 +12,7 @@ from cli.outcome import EXIT_ERROR
 from cli.run import run_update
 from cli.stack import mlflow_ui, serve
 from cli.validate import validate_command
+from cli.verbosity import configure_output
 from continual_opd import registry
 from continual_opd.adopt import adopt_model
 from continual_opd.home import HomeError
@@ -37,6 +38,12 @@ EXAMPLES = {
 }
 
 
+UPDATE_EXIT_CODES = ("\n\nexit codes: 0 promoted, 1 error, 2 data contract failed, 3 rejected by the gate, "
+                     "4 teacher gate failed,\n  5 skipped (the batch was already trained on)")
+EXIT_CODES = {"run": UPDATE_EXIT_CODES, "demo": UPDATE_EXIT_CODES,
+              "validate": "\n\nexit codes: 0 pass, 1 error, 2 contract failed or file unreadable"}
+
+
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of update parameters (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -50,9 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text,
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=f"example:\n  {EXAMPLES[name]}")
+        parser = sub.add_parser(name, help=help_text, description=help_text,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"example:\n  {EXAMPLES[name]}" + EXIT_CODES.get(name, ""))
+        parser.add_argument("-v", "--verbose", action="store_true",
+                            help="also show the libraries' logs, progress bars and warnings")
+        return parser
 
     demo = command("demo", "bootstrap the demo world if needed, drop a demo batch, run one update")
     demo.add_argument("--skill", default="add", help="target skill of the demo batch (add, sub, mul)")
@@ -91,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    configure_output(verbose=args.verbose)
     try:
         return COMMANDS[args.command](args)
     except (HomeError, ParamsError, ModelFolderError) as exc:

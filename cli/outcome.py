@@ -1,7 +1,7 @@
 """What a person reads when an update ends (the decision, per-skill accuracies, where to look next), and its exit code.
 
 Exit codes of `run` and `demo`: 0 promoted, 1 error, 2 data contract failed, 3 rejected by the gate,
-4 teacher gate failed.
+4 teacher gate failed, 5 skipped (the batch's rows were already trained on: nothing ran, nothing changed).
 """
 
 import sys
@@ -10,7 +10,7 @@ from continual_opd.records import SkippedBatch, UpdateOutcome
 from tasks.teacher_rl import TeacherGateFailed
 from tasks.validate import ContractViolation
 
-EXIT_PROMOTED, EXIT_ERROR, EXIT_CONTRACT, EXIT_REJECTED, EXIT_TEACHER_GATE = 0, 1, 2, 3, 4
+EXIT_PROMOTED, EXIT_ERROR, EXIT_CONTRACT, EXIT_REJECTED, EXIT_TEACHER_GATE, EXIT_SKIPPED = 0, 1, 2, 3, 4, 5
 
 WHERE_TO_LOOK = """Where to look next:
   MLflow UI (runs, lineage tags, registry):  continual-opd mlflow-ui   then open http://127.0.0.1:5000
@@ -45,7 +45,7 @@ def print_outcome(params, state, result) -> int:
         return EXIT_PROMOTED if result.decision.promoted else EXIT_REJECTED
     if isinstance(result, SkippedBatch):
         print(f"skipped: {result.reason}")
-        return EXIT_PROMOTED
+        return EXIT_SKIPPED
     if isinstance(result, ContractViolation):
         print(f"data contract failed:\n{result}", file=sys.stderr)
         return EXIT_CONTRACT

@@ -36,7 +36,7 @@ def adopt_model(folder: str | Path, model_name: str, home: Home | None = None, t
                 dest, model_name, run.info.run_id,
                 {"role": "base", "made_by": f"continual-opd adopt from {folder}", "parent_version": "none",
                  "method": "adopted", "gate_decision": "adopted"}, key,
-                description=f"Adopted from the local folder {folder}.")
+                description=f"Adopted from the local folder {folder}.", trust_remote_code=trust_remote_code)
         if make_champion and registry.CHAMPION not in registry.aliases(model_name):
             registry.client().set_registered_model_alias(model_name, registry.CHAMPION, version.version)
     return ModelRef(name=model_name, version=str(version.version), folder=str(registry.local_folder(version)))

@@ -4,7 +4,7 @@ Bootstrap early stopping, the teacher gate, distillation's held-out curves and t
 all call `greedy_complete`, so a number in one stage means the same thing in every other.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from continual_opd.prompts import add_special_tokens, as_text
 
@@ -18,8 +18,11 @@ def answer_tokens(max_completion_length: int) -> int:
 
 def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = ANSWER_TOKENS,
                     batch_size: int = 512, sample: bool = False, temperature: float = 1.0,
-                    seed: int | None = None) -> list[str]:
-    """Complete each prompt (greedy unless `sample`), stopping at EOS; returns the decoded completions."""
+                    seed: int | None = None, on_batch: Callable[[int], None] | None = None) -> list[str]:
+    """Complete each prompt (greedy unless `sample`), stopping at EOS; returns the decoded completions.
+
+    `on_batch(n)` is called after each batch with the number of prompts it completed (progress reporting).
+    """
     import torch
 
     if seed is not None:
@@ -47,6 +50,8 @@ def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
                 )
                 new = gen[:, enc["input_ids"].shape[1]:]
                 outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+                if on_batch is not None:
+                    on_batch(len(chunk))
     finally:
         model.train(was_training)
     return outputs

@@ -4,7 +4,8 @@
 `PREFECT_HOME`, model folders and the data `inbox/`, `processed/`, `quarantine/` folders.
 
 `apply_env_defaults()` runs when the package is imported, before Prefect, MLflow or Hugging Face read
-their settings: telemetry off, the hub offline, stores inside the home. Every value is a default, so
+their settings: telemetry off, the hub offline, the libraries' progress bars and info logs off, stores
+inside the home. Every value is a default, so
 an explicit environment variable (a real Prefect server, a PostgreSQL MLflow) wins.
 """
 
@@ -27,6 +28,11 @@ OFFLINE_AND_QUIET = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "GIT_PYTHON_REFRESH": "quiet",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Quiet libraries: transformers' `Loading weights` / `Writing model shards` bars, their advisory warnings,
+    # MLflow's info lines. The stages show their own progress (continual_opd.progress); `--verbose` restores these.
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
     # The ephemeral API must have time to migrate a fresh SQLite database on a slow 2-core machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",

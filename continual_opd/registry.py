@@ -1,15 +1,17 @@
 """The MLflow model registry as continual-opd uses it: versions with lineage tags, aliases, idempotent registration.
 
-A registered version points at its weights twice: the MLflow artifact copy (`source`, portable to any
-tracking server) and the tag `model_folder` (the local folder in the home, loaded directly when it
-exists, so nothing is copied on a laptop). Registration is idempotent on a `registration_key` tag,
-so a rerun after a crash never creates a second version for the same work.
+A registered version points at its weights twice: the MLflow Model it was logged as (`source`: a pyfunc that
+completes prompts, servable with `mlflow models serve`, portable to any tracking server; `served_model`) and
+the tag `model_folder` (the local folder in the home, loaded directly when it exists, so nothing is copied on
+a laptop). Registration is idempotent on a `registration_key` tag, so a rerun after a crash never creates a
+second version for the same work.
 """
 
 import os
 from pathlib import Path
 
 from continual_opd.home import current_home, prepare_stores
+from continual_opd.served_model import DEFAULT_EXAMPLE, hf_folder, log_served_model
 
 STUDENT_MODEL = "continual-opd-student"
 TEACHER_MODEL = "continual-opd-teacher"
@@ -63,8 +65,9 @@ def find_version(name: str, registration_key: str):
 
 
 def register_folder(folder: str | Path, name: str, run_id: str, tags: dict[str, str], registration_key: str,
-                    description: str = ""):
-    """Log a finished model folder to `run_id` and register it as a new version of `name` (idempotent)."""
+                    description: str = "", example_prompts=DEFAULT_EXAMPLE, trust_remote_code: bool = False):
+    """Log a finished model folder to `run_id` as an MLflow Model and register it as a new version of `name`
+    (idempotent). `example_prompts` become the model's input example (a prompt of the version's skill)."""
     from mlflow.exceptions import MlflowException
 
     c = client()
@@ -74,15 +77,15 @@ def register_folder(folder: str | Path, name: str, run_id: str, tags: dict[str, 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise RegistryError(f"refusing to register {folder}: it is not a complete model folder")
-    c.log_artifacts(run_id, str(folder), artifact_path="model")
+    logged = log_served_model(folder, run_id, example_prompts, trust_remote_code)
     try:
         c.create_registered_model(name)
     except MlflowException:
         pass  # already exists
-    source = f"{c.get_run(run_id).info.artifact_uri}/model"
     all_tags = {**{k: str(v) for k, v in tags.items()}, "registration_key": registration_key,
                 "model_folder": str(folder.resolve())}
-    return c.create_model_version(name, source, run_id=run_id, tags=all_tags, description=description)
+    return c.create_model_version(name, logged.model_uri, run_id=run_id, tags=all_tags, description=description,
+                                  model_id=logged.model_id)
 
 
 def version_by_alias(name: str, alias: str):
@@ -107,13 +110,13 @@ def get_version(name: str, version: str | int):
 
 
 def local_folder(version) -> Path:
-    """Where this version's weights are on this machine, downloading the artifact copy if needed."""
+    """Where this version's Hugging Face folder is on this machine, downloading the MLflow copy if needed."""
     folder = Path(version.tags.get("model_folder", ""))
     if version.tags.get("model_folder") and (folder / "config.json").is_file():
         return folder
     import mlflow
 
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source))
+    return hf_folder(mlflow.artifacts.download_artifacts(artifact_uri=version.source))
 
 
 def aliases(name: str) -> dict[str, str]:

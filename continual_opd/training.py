@@ -10,7 +10,8 @@
   GPU is present, sized by `ComputeConfig`; `model.generate` otherwise).
 - `heldout_callback`: held-out accuracy every N steps with the project's one decoder, the trainer's logs
   and step times to MLflow, and optionally the best checkpoint kept on disk and early stopping.
-- `attach`: the trainer's stdout printer removed (the curves go to MLflow), the callbacks added.
+- `attach`: the trainer's stdout printer removed (the curves go to MLflow), the callbacks added, and
+  optionally the training's progress shown (`continual_opd.progress`).
 """
 
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig, Precision, bf16_autocast, training_precision
 from continual_opd.decoding import skill_accuracy
 from continual_opd.modelio import pick_device, save_model_atomic
+from continual_opd.progress import trainer_callback
 from continual_opd.skills import Catalogue, Item
 from continual_opd.tracking import MetricBuffer
 
@@ -88,13 +90,21 @@ def compute_params(compute: ComputeConfig) -> dict[str, str]:
             "compute.rollouts": "vllm" if use_vllm(compute) else "generate"}
 
 
-def attach(trainer, callbacks: Sequence = ()):
-    """Drop the trainer's per-step stdout printer (the stage logs to MLflow) and add `callbacks`."""
+def attach(trainer, callbacks: Sequence = (), progress: str | None = None,
+           progress_logs: Mapping[str, str] | None = None):
+    """Drop the trainer's per-step stdout printer (the stage logs to MLflow) and add `callbacks`.
+
+    With `progress` (a title), show the steps with the held-out accuracies of `callbacks` that measure them
+    and the trainer logs in `progress_logs` (log name -> label).
+    """
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
     for callback in callbacks:
         trainer.add_callback(callback)
+    if progress is not None:
+        heldout = [c for c in callbacks if hasattr(c, "latest")]  # heldout_callback's accuracies
+        trainer.add_callback(trainer_callback(progress, heldout, progress_logs))
     return trainer
 
 

@@ -3,14 +3,17 @@
 The base is a pure function of its recipe, so the pretrained folder is cached per machine under
 `$CONTINUAL_OPD_CACHE` (default `~/.cache/continual-opd`), keyed by a digest of what the base is made
 from (`recipe_key`): a second home, a test session or CI on the same machine reuses it instead of
-pretraining for minutes again, and any change that could change the weights makes a new base. Registration is per home and idempotent: bootstrapping a home that
+pretraining for minutes again, and any change that could change the weights makes a new base. Registration
+is per home and idempotent: bootstrapping a home that
 already has a champion is a no-op unless forced.
 """
 
+import ast
 import hashlib
 import inspect
 import json
 import os
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,17 +31,31 @@ BOOTSTRAP_EXPERIMENT = "bootstrap"
 
 def recipe_key(cfg: PretrainConfig) -> str:
     """A digest of what the base is made from: the recipe's settings, the tokenizer's vocabulary, the model's
-    config, every item the recipe draws (train pools and early-stopping sets), and the source of the code that
-    builds and trains the model. Edits that cannot change the weights (docstrings elsewhere, logging, other
-    skills' code) keep the key, so they do not cost every machine a re-pretraining."""
+    config, every item the recipe draws (train pools and early-stopping sets), and the code that builds and
+    trains the model (its syntax tree: comments, docstrings and layout do not count). Edits that cannot change
+    the weights (documentation, other skills' code) keep the key, so they do not cost every machine a
+    re-pretraining; telling which *code* changes leave the weights alone is not something a digest can do."""
     tokenizer = build_tokenizer()
     model_config = {k: v for k, v in tiny_llama_config(tokenizer).to_dict().items() if k != "transformers_version"}
     pools, eval_sets = recipe_data(cfg)
     parts = [asdict(cfg), sorted(tokenizer.get_vocab().items()), model_config,
              {sid: [[it.prompt, it.answer] for it in items] for sid, items in {**pools, **{
                  f"eval:{k}": v for k, v in eval_sets.items()}}.items()},
-             *(inspect.getsource(f) for f in (pretrain, encode_examples, build_tiny_model))]
+             *(code_fingerprint(textwrap.dedent(inspect.getsource(f))).decode()
+               for f in (pretrain, encode_examples, build_tiny_model))]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_fingerprint(source: str) -> bytes:
+    """The code of a module without its comments, docstrings and layout (its syntax tree, dumped)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
 
 
 def cache_root() -> Path:

@@ -3,7 +3,8 @@
 Plain torch, because this is the world's physics, not a stage of the product: AdamW at 3e-3 with
 warm-up, loss on the answer and EOS only, batches mixing core and target skills. Addition
 has a sharp phase transition, so we evaluate every `eval_every` steps and stop as soon as the base is
-good at the core skills and inside the requested band on the target skill.
+good at the core skills and inside the requested band on the target skill. The steps, the loss and the
+latest accuracies show as progress (`continual_opd.progress`).
 """
 
 import math
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from continual_opd.decoding import skill_accuracy
+from continual_opd.progress import Progress
 from demo_world.skills import CORE_SKILLS, SKILLS
 
 
@@ -84,32 +86,38 @@ def pretrain(model, tokenizer, cfg: PretrainConfig, log=print) -> dict:
     )
     curve, start, acc = [], time.time(), {}
     model.train()
-    for step in range(1, cfg.max_steps + 1):
-        chosen = rng.choices(names, probs, k=cfg.batch_size)
-        pairs = [(it.prompt, it.answer) for it in (rng.choice(pools[s]) for s in chosen)]
-        input_ids, attn, labels = encode_examples(tokenizer, pairs, device)
-        loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if step % cfg.eval_every == 0:
-            acc = evaluate_skills(model, tokenizer, eval_sets)
-            curve.append({"step": step, "loss": loss.item(), **acc})
-            core_ok = all(acc[c] >= cfg.stop_core_min for c in CORE_SKILLS)
-            target = acc[cfg.stop_target]
-            log(f"pretrain step {step} ({time.time() - start:.0f}s): loss {loss.item():.3f} " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
-            if core_ok and cfg.stop_target_min <= target <= cfg.stop_target_max:
+    with Progress("pretrain", cfg.max_steps) as progress:
+        for step in range(1, cfg.max_steps + 1):
+            chosen = rng.choices(names, probs, k=cfg.batch_size)
+            pairs = [(it.prompt, it.answer) for it in (rng.choice(pools[s]) for s in chosen)]
+            input_ids, attn, labels = encode_examples(tokenizer, pairs, device)
+            loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            shown, stop = {"loss": loss.item()}, False
+            if step % cfg.eval_every == 0:
+                acc = evaluate_skills(model, tokenizer, eval_sets)
+                curve.append({"step": step, "loss": shown["loss"], **acc})
+                core_ok = all(acc[c] >= cfg.stop_core_min for c in CORE_SKILLS)
+                target = acc[cfg.stop_target]
+                shown.update({cfg.stop_target: target, "core": min(acc[c] for c in CORE_SKILLS)})
+                stop = core_ok and cfg.stop_target_min <= target <= cfg.stop_target_max
+                if core_ok:
+                    names, probs = batch_weights(cfg.mix)
+                if core_ok and target > cfg.stop_target_max:
+                    raise RuntimeError(
+                        f"pretraining overshot: {cfg.stop_target} reached {target:.2f} > {cfg.stop_target_max} "
+                        f"at step {step} before the core skills were ready; try another seed or a smaller eval_every"
+                    )
+            progress.update(step, shown)
+            if stop:
                 break
-            if core_ok:
-                names, probs = batch_weights(cfg.mix)
-            if core_ok and target > cfg.stop_target_max:
-                raise RuntimeError(
-                    f"pretraining overshot: {cfg.stop_target} reached {target:.2f} > {cfg.stop_target_max} "
-                    f"at step {step} before the core skills were ready; try another seed or a smaller eval_every"
-                )
-    else:
-        raise RuntimeError(f"pretraining did not reach the stopping band in {cfg.max_steps} steps: {acc}")
+        else:
+            raise RuntimeError(f"pretraining did not reach the stopping band in {cfg.max_steps} steps: {acc}")
+    log(f"pretrain: stopped at step {step} ({time.time() - start:.0f}s): "
+        + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
     model.eval()
     return {"steps": step, "seconds": time.time() - start, "accuracy": acc, "curve": curve}

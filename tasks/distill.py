@@ -121,7 +121,8 @@ def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillCo
              **{f"acc.{k.split('/')[1][:-4]}": f"{v:.4f}" for k, v in metrics.items()
                 if k.startswith("heldout/") and k.endswith("_acc")}},
             key, description=f"{cfg.method} candidate for {skill.id} from {champion.name} v{champion.version} "
-                             f"with teacher {teacher.model.name} v{teacher.model.version}.")
+                             f"with teacher {teacher.model.name} v{teacher.model.version}.",
+            example_prompts=[targets[0].prompt])
         mlflow.set_tag("candidate_version", version.version)
         logger.flush()
     shutil.rmtree(work, ignore_errors=True)

@@ -88,7 +88,8 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
         trainer = sft_trainer(student, tokenizer, targets, teacher, cfg, catalogue, work, compute=compute)
     else:
         trainer = grpo_trainer(student, tokenizer, targets, skill, cfg, work, compute=compute)
-    attach(trainer, [heldout, *extra_callbacks])
+    attach(trainer, [heldout, *extra_callbacks], progress="distill",
+           progress_logs={f"kl/{TARGET_ROUTE}": "kl", "reward": "reward"})
 
     checkpoint = last_complete_checkpoint(work / "trainer")
     if cfg.method in ("opd", "opd_no_replay"):

@@ -28,6 +28,7 @@ from continual_opd.config import StrictConfig
 from continual_opd.decoding import greedy_complete
 from continual_opd.home import Home
 from continual_opd.modelio import load_model
+from continual_opd.progress import Progress
 from continual_opd.prompts import add_special_tokens, as_text
 from continual_opd.records import Candidate, EvalReport, ModelRef, SuiteStats
 from continual_opd.skills import Catalogue
@@ -68,32 +69,39 @@ def evaluate(champion: ModelRef | None, candidate: Candidate, target_skill: str,
     items = [it for suite in names for it in suites[suite]]
     prompts = [it.prompt for it in items]
 
-    cand_model, cand_tok = load_model(candidate.model.folder, frozen=True, precision=compute.precision)
-    cand_out = _complete(cand_model, cand_tok, prompts, cfg)
-    if champion is not None:
-        champ_model, champ_tok = load_model(champion.folder, frozen=True, precision=compute.precision)
-        champ_out = _complete(champ_model, champ_tok, prompts, cfg)
-    else:
-        champ_model = champ_tok = champ_out = None
+    kl_prompts = cfg.kl_prompts if champion is not None else 0
+    with Progress("evaluate", len(prompts) * (1 if champion is None else 2) + kl_prompts) as progress:
+        cand_model, cand_tok = load_model(candidate.model.folder, frozen=True, precision=compute.precision)
+        cand_out = _complete(cand_model, cand_tok, prompts, cfg, progress)
+        cand_correct = _correct(items, cand_out, catalogue)
+        progress.advance(0, {"candidate": sum(cand_correct) / len(items)})
+        if champion is not None:
+            champ_model, champ_tok = load_model(champion.folder, frozen=True, precision=compute.precision)
+            champ_out = _complete(champ_model, champ_tok, prompts, cfg, progress)
+            champ_correct = _correct(items, champ_out, catalogue)
+            progress.advance(0, {"champion": sum(champ_correct) / len(items)})
+        else:
+            champ_model = champ_tok = champ_out = champ_correct = None
+
+        kl_core = math.nan
+        if kl_prompts > 0:
+            core_prompts = _interleave([[it.prompt for it in suites[s]] for s in names
+                                        if catalogue[s].role == "core"], kl_prompts)
+            kl_core = kl_drift(champ_model, champ_tok, cand_model, cand_tok, core_prompts, cfg.max_new_tokens,
+                               cfg.seed, cfg.batch_size)
+            progress.advance(kl_prompts, {"kl_core": kl_core})
 
     rows = []
     for i, it in enumerate(items):
         verifier = catalogue[it.skill]
         row = {"suite": it.skill, "item_id": it.id, "prompt": it.prompt, "expected": it.answer,
                "champion_output": champ_out[i] if champ_out else None, "candidate_output": cand_out[i],
-               "champion_correct": verifier.verify(champ_out[i], it.answer) if champ_out else None,
-               "candidate_correct": verifier.verify(cand_out[i], it.answer),
+               "champion_correct": champ_correct[i] if champ_out else None,
+               "candidate_correct": cand_correct[i],
                "champion_lenient_correct": verifier.verify_lenient(champ_out[i], it.answer) if champ_out else None,
                "candidate_lenient_correct": verifier.verify_lenient(cand_out[i], it.answer)}
         rows.append(row)
     stats = suite_statistics(rows, names, cfg)
-
-    kl_core = math.nan
-    if champion is not None and cfg.kl_prompts > 0:
-        core_prompts = _interleave([[it.prompt for it in suites[s]] for s in names if catalogue[s].role == "core"],
-                                   cfg.kl_prompts)
-        kl_core = kl_drift(champ_model, champ_tok, cand_model, cand_tok, core_prompts, cfg.max_new_tokens, cfg.seed,
-                           cfg.batch_size)
 
     champ_version = champion.version if champion is not None else ""
     out_dir = home.root / "evaluations" / (f"{candidate.model.name}-v{candidate.model.version}-vs-"
@@ -222,8 +230,14 @@ def completion_logprobs(model, batch: dict):
     return torch.log_softmax(logits[:, width - 1:-1].float(), dim=-1).to(batch["seq"].device)
 
 
-def _complete(model, tokenizer, prompts: list[str], cfg: EvalConfig) -> list[str]:
-    return greedy_complete(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+def _complete(model, tokenizer, prompts: list[str], cfg: EvalConfig, progress: Progress) -> list[str]:
+    return greedy_complete(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                           on_batch=progress.advance)
+
+
+def _correct(items, outputs: list[str], catalogue: Catalogue) -> list[bool]:
+    """Strict (exact-match) correctness of each output."""
+    return [bool(catalogue[it.skill].verify(out, it.answer)) for it, out in zip(items, outputs, strict=True)]
 
 
 def _interleave(lists: list[list[str]], n: int) -> list[str]:

@@ -229,7 +229,7 @@ def _run_grpo(model, tokenizer, rows, rewards, cfg: TeacherConfig, output_dir: P
         args=_grpo_args(cfg, output_dir, [weight for _, weight in rewards], compute),
         reward_funcs=[r.for_trl() for r, _ in rewards],
     )
-    attach(trainer, [callback]).train()
+    attach(trainer, [callback], progress="teacher-rl", progress_logs={"reward": "reward"}).train()
     return trainer.state.global_step
 
 
@@ -300,7 +300,8 @@ def _train_gate_register(rows, skill, catalogue: Catalogue, initial_folder: Path
         version = registry.register_folder(
             dest, cfg.registered_model, run_id, tags, identity["registration_key"],
             description=f"GRPO teacher for {skill.id} from {identity['initial_model']}: held-out accuracy "
-                        f"{initial_gate:.3f} -> {teacher_gate:.3f}.")
+                        f"{initial_gate:.3f} -> {teacher_gate:.3f}.",
+            example_prompts=[gate_set[0].prompt], trust_remote_code=cfg.trust_remote_code)
         mlflow.set_tag("teacher_version", str(version.version))
         metrics.add({"teacher/wall_seconds": time.time() - started}, steps_run)
         metrics.flush()

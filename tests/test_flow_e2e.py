@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.outcome import EXIT_SKIPPED
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -90,5 +92,5 @@ def test_the_real_flow_runs_all_five_stages_offline(champion, home, offline):
     # The same rows again (a re-sent copy under another name) are recognised and skipped, and the skip is said.
     copy = home.inbox / "e2e-add-resent.jsonl"
     copy.write_text((home.processed / batch.name).read_text())
-    assert main(["run", "--batch", str(copy), "--config", str(SMOKE)]) == 0
+    assert main(["run", "--batch", str(copy), "--config", str(SMOKE)]) == EXIT_SKIPPED
     assert registry.aliases(registry.STUDENT_MODEL) == after

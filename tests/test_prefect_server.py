@@ -1,29 +1,25 @@
 """The deployments, through a real Prefect server: deploy prefect.yaml, a process worker, a manual run.
 
-Also opens the Prefect UI's run form for the `manual` deployment in headless Chromium and keeps a
-screenshot (test-artifacts/) of the parameter form the flow's pydantic model produces.
+Also opens the Prefect UI in headless Chromium and keeps screenshots (test-artifacts/): the parameter form the
+flow's pydantic model produces for the `manual` deployment, and a running update's progress artifact.
 """
 
 import json
 import os
-import shutil
-import socket
+import re
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.helpers.local_servers import ARTIFACTS, chromium, free_port, render
+
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -76,22 +72,66 @@ def test_manual_deployment_runs_an_update_through_server_and_worker(stack, home,
     assert str(champion.version) == str(expected)
 
 
+def _api(stack, path: str, body: dict | None = None):
+    request = urllib.request.Request(f"{stack['api']}{path}", data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"}, method="POST" if body else "GET")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 def test_prefect_ui_shows_the_parameter_form(stack):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium): the UI form was not rendered")
+    browser = chromium()
     deployments = _prefect(stack, "deployment", "inspect", "continual-update/manual")
     assert deployments.returncode == 0, deployments.stderr
     dep_id = next(line.split("'")[3] for line in deployments.stdout.splitlines() if "'id'" in line)
     url = f"http://127.0.0.1:{stack['port']}/deployments/deployment/{dep_id}/run"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,2400",
-             "--virtual-time-budget=20000", f"--user-data-dir={ARTIFACTS / 'chromium-profile'}"]
-    ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "prefect-manual-run-form.png"
-    subprocess.run([browser, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
-    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    shutil.rmtree(ARTIFACTS / "chromium-profile", ignore_errors=True)
+    dom = render(browser, url, shot)
     assert shot.is_file() and shot.stat().st_size > 10_000
     for text in ("Batch file to learn from", "Teacher RL (GRPO) settings", "Promotion gate settings"):
         assert text in dom, f"{text!r} not on the run form at {url}"
+
+
+def test_prefect_ui_shows_a_running_updates_progress(stack, home):
+    """While an update runs, the running stage's page lists its progress artifact, which moves to 100% by the end;
+    screenshots of the stage's page and of the artifact are kept."""
+    from continual_opd.batch_io import write_jsonl
+    from demo_world.skills import CATALOGUE
+
+    browser = chromium()
+    batch = write_jsonl(CATALOGUE["add"].items("train", 256, seed=4343), home.inbox / "server-progress.jsonl")
+    smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    teacher = {**smoke["teacher"], "steps": 200, "early_stop_accuracy": 1.0}  # long enough to be seen running
+    params = {"params": {**smoke, "teacher": teacher, "batch": str(batch)}}
+    started = _prefect(stack, "deployment", "run", "continual-update/manual", "--params", json.dumps(params))
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+    run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
+
+    def running_teacher_progress():
+        found = _api(stack, "/artifacts/filter", {"artifacts": {"type": {"any_": ["progress"]},
+                                                               "flow_run_id": {"any_": [run_id]}}})
+        return next((a for a in found if a["key"] == "progress-teacher-rl" and 0 < a["data"] < 100), None)
+
+    deadline = time.time() + 600
+    while (artifact := running_teacher_progress()) is None:
+        assert _api(stack, f"/flow_runs/{run_id}")["state"]["type"] not in ("FAILED", "CRASHED", "COMPLETED")
+        assert time.time() < deadline, "no teacher progress artifact appeared while the update ran"
+        time.sleep(1)
+
+    ui = f"http://127.0.0.1:{stack['port']}"
+    task_page = render(browser, f"{ui}/runs/task-run/{artifact['task_run_id']}?tab=Artifacts",
+                        ARTIFACTS / "prefect-running-update-progress.png")
+    assert "progress-teacher-rl" in task_page and "Running" in task_page, "the running stage lists its progress"
+    artifact_page = render(browser, f"{ui}/artifacts/artifact/{artifact['id']}",
+                            ARTIFACTS / "prefect-progress-artifact.png")
+    shown = re.search(r"Progress: ([\d.]+)%", artifact_page)
+    assert shown and 0 < float(shown.group(1)) <= 100, artifact_page[-2000:]
+    assert re.search(r"teacher-rl: \d+/200 \(\d+%\)", artifact_page), "the description is the stage's progress line"
+
+    while _api(stack, f"/flow_runs/{run_id}")["state"]["type"] not in ("FAILED", "CRASHED", "COMPLETED",
+                                                                         "CANCELLED"):
+        assert time.time() < deadline + 600, "the update did not finish"
+        time.sleep(2)
+    final = {a["key"]: a["data"] for a in _api(stack, "/artifacts/filter", {
+        "artifacts": {"type": {"any_": ["progress"]}, "flow_run_id": {"any_": [run_id]}}})}
+    assert final.get("progress-teacher-rl") == 100, final
