@@ -4,7 +4,9 @@ The teacher starts from the champion (or a given folder or registered version) a
 TRL's `GRPOTrainer` on the batch's prompts; the reward is the skill's verifier applied to the batch's
 answers (`tasks.rewards`). Held-out accuracy is measured every `eval_every` steps with the shared
 greedy decoder; training stops early at `early_stop_accuracy` and the best checkpoint, not the last,
-becomes the teacher.
+becomes the teacher. A skill the initial model cannot do at all (held-out accuracy below
+`warm_start_below`) gives GRPO no reward to learn from; such a teacher is first warm-started with supervised
+steps on the batch's answers (`tasks.teacher_warm_start`), recorded in its lineage tag `warm_start`.
 
 The teacher gate guards against reward hacking and failed RL: on held-out items that neither training
 nor checkpoint selection has seen, the teacher must beat its initial model by `gate_margin`, measured
@@ -43,8 +45,10 @@ from continual_opd.tracking import MetricBuffer, code_revision, current_flow_run
 from continual_opd.training import (attach, compute_params, heldout_callback, micro_batches, rollout_args,
                                     trainer_args)
 from tasks.rewards import RewardFunction, exact_match, format_reward
+from tasks.teacher_warm_start import warm_start
 
 STAGE = "teacher_rl"
+MIN_HELDOUT = 20  # fewer held-out items per set make the teacher gate a coin toss
 REGISTRY_PREFIX = "registry:"
 
 
@@ -81,6 +85,15 @@ class TeacherConfig(StrictConfig):
     early_stop_accuracy: float = Field(0.95, ge=0, le=1, description="Stop once held-out accuracy reaches this.")
     gate_margin: float = Field(0.10, ge=0, le=1, description="The teacher must beat its initial model's held-out "
                                                              "accuracy by at least this (0.10 = 10 points).")
+    warm_start_below: float = Field(0.05, ge=0, le=1, description="Rule: when the initial model's held-out accuracy "
+                                    "on the skill is below this, RL gets no reward to learn from, so the teacher is "
+                                    "first warm-started by supervised steps on the batch's answers (0 = never).")
+    warm_start_lr: float = Field(2e-3, gt=0, description="Warm start: AdamW learning rate (constant).")
+    warm_start_steps: int = Field(800, ge=1, description="Warm start: most supervised steps.")
+    warm_start_stop: float = Field(0.20, ge=0, le=1, description="Warm start: stop once selection-set accuracy "
+                                                                  "reaches this; GRPO takes it from there.")
+    warm_start_rows: int = Field(48, ge=1, description="Warm start: batch rows per step (plus 4 train items of every "
+                                                       "other skill, so the teacher keeps the answer format).")
     format_reward_weight: float = Field(0.0, ge=0, description="Weight of the well-formed-answer reward (0 = off).")
     seed: int = Field(0, description="Seed of sampling, training and the held-out draw.")
     registered_model: str = Field(registry.TEACHER_MODEL, description="Registered model that receives teachers.")
@@ -255,18 +268,28 @@ def _train_gate_register(rows, skill, catalogue: Catalogue, initial_folder: Path
         model, tokenizer = load_model(initial_folder, cfg.trust_remote_code)  # trained: fp32 master weights
         initial_gate, _ = skill_accuracy(model, tokenizer, gate_set, skill.verify, max_new_tokens=max_new_tokens)
         metrics.add({"heldout/dropped_overlapping": dropped}, 0)
+        start_folder, warm = initial_folder, None
+        initial_eval, _ = skill_accuracy(model, tokenizer, eval_set, skill.verify, max_new_tokens=max_new_tokens)
+        if initial_eval < cfg.warm_start_below:  # rule: RL alone gets no reward on a skill the model cannot do
+            warm = warm_start(model, tokenizer, rows, skill, catalogue, eval_set, learning_rate=cfg.warm_start_lr,
+                              max_steps=cfg.warm_start_steps, stop_at=cfg.warm_start_stop,
+                              rows_per_step=cfg.warm_start_rows, seed=cfg.seed, max_new_tokens=max_new_tokens)
+            start_folder = work / "warm"
+            save_model_atomic(model, tokenizer, start_folder)
+            metrics.add({"warm_start/initial_accuracy": initial_eval, "warm_start/steps": warm["steps"],
+                         "warm_start/accuracy": warm["accuracy"], "warm_start/seconds": warm["seconds"]}, 0)
         callback = heldout_callback(tokenizer, {skill.id: eval_set}, catalogue, metrics, every=cfg.eval_every,
                                     max_new_tokens=max_new_tokens, log_prefix="rl", select=skill.id,
                                     best_dir=work / "best", stop_at=cfg.early_stop_accuracy,
                                     completions_per_step=cfg.completions_per_step)
-        callback.evaluate(model, 0)  # the initial model: the reference the best checkpoint must beat
+        callback.evaluate(model, 0)  # the initial (or warm-started) model: what the best checkpoint must beat
         train_started = time.time()
         steps_run = (_run_grpo(model, tokenizer, rows, rewards, cfg, work / "trainer", callback, compute)
                      if cfg.steps else 0)
         train_seconds = time.time() - train_started
         # loaded as trained (fp32), not frozen: this model is saved as the teacher, and a bf16 copy would round
         # away what training changed
-        best = work / "best" if callback.best_step > 0 else initial_folder
+        best = work / "best" if callback.best_step > 0 else start_folder
         model, tokenizer = load_model(best, cfg.trust_remote_code)
         teacher_gate, _ = skill_accuracy(model, tokenizer, gate_set, skill.verify, max_new_tokens=max_new_tokens)
         passed = teacher_gate >= initial_gate + cfg.gate_margin
@@ -283,7 +306,7 @@ def _train_gate_register(rows, skill, catalogue: Catalogue, initial_folder: Path
             shutil.rmtree(work, ignore_errors=True)
             raise TeacherGateFailed(skill.id, initial_gate, teacher_gate, cfg.gate_margin, len(gate_set),
                                     steps_run, run_id)
-        report = {**identity, "initial_accuracy": initial_gate, "accuracy": teacher_gate,
+        report = {**identity, "initial_accuracy": initial_gate, "accuracy": teacher_gate, "warm_start": warm,
                   "best_step": callback.best_step, "steps": steps_run,
                   "curve": [(step, acc[skill.id]) for step, acc in callback.history]}
         save_model_atomic(model, tokenizer, dest, extra_files={"teacher_report.json": json.dumps(report, indent=1)})
@@ -296,10 +319,12 @@ def _train_gate_register(rows, skill, catalogue: Catalogue, initial_folder: Path
             "flow_run_id": current_flow_run_id(), "initial_accuracy": f"{initial_gate:.4f}",
             "accuracy": f"{teacher_gate:.4f}", "best_step": str(callback.best_step), "steps": str(steps_run),
             "teacher_gate": "passed",
+            "warm_start": (f"{warm['steps']} supervised steps at lr {cfg.warm_start_lr:g}: selection-set accuracy "
+                           f"{initial_eval:.3f} -> {warm['accuracy']:.3f}") if warm else "none",
         }
         version = registry.register_folder(
             dest, cfg.registered_model, run_id, tags, identity["registration_key"],
-            description=f"GRPO teacher for {skill.id} from {identity['initial_model']}: held-out accuracy "
+            description=f"{'warm-started ' if warm else ''}GRPO teacher for {skill.id} from {identity['initial_model']}: held-out accuracy "
                         f"{initial_gate:.3f} -> {teacher_gate:.3f}.",
             example_prompts=[gate_set[0].prompt], trust_remote_code=cfg.trust_remote_code)
         mlflow.set_tag("teacher_version", str(version.version))
@@ -314,17 +339,18 @@ def heldout_sets(skill, rows, cfg: TeacherConfig):
     """Two disjoint held-out sets (selection, gate), minus any prompt the batch trains on.
 
     The best checkpoint is chosen on the first set, so the gate measures on the second: choosing and
-    judging on the same items would flatter the teacher.
+    judging on the same items would flatter the teacher. Rule: a skill with fewer held-out prompts than
+    `eval_items + gate_items` (the demo's mul has 192) splits what it has in the same proportion.
     """
     trained = {it.prompt for it in rows}
-    drawn = skill.items("heldout", cfg.eval_items + cfg.gate_items, seed=cfg.seed)
-    if len(drawn) < cfg.eval_items + cfg.gate_items:  # a skill with few prompts (the demo's mul has 192 held-out)
-        raise ValueError(f"skill {skill.id!r} has {len(drawn)} held-out items; the teacher stage needs eval_items + "
-                         f"gate_items = {cfg.eval_items} + {cfg.gate_items} of them. Lower both so they fit, e.g. "
-                         "--set teacher.eval_items=64 --set teacher.gate_items=128")
+    asked = cfg.eval_items + cfg.gate_items
+    drawn = skill.items("heldout", asked, seed=cfg.seed)
     clean = [it for it in drawn if it.prompt not in trained]
-    eval_set, gate_set = clean[:cfg.eval_items], clean[cfg.eval_items:]
-    if not eval_set or not gate_set:
-        raise ValueError(f"the batch contains the {skill.id} held-out prompts: no held-out items are left to "
-                         "measure the teacher on; take the batch's rows from the train split")
+    n_eval = cfg.eval_items if len(drawn) >= asked else len(clean) * cfg.eval_items // asked
+    eval_set, gate_set = clean[:n_eval], clean[n_eval:n_eval + cfg.gate_items]
+    if len(eval_set) < MIN_HELDOUT or len(gate_set) < MIN_HELDOUT:
+        raise ValueError(f"skill {skill.id!r} has {len(clean)} held-out items that the batch does not train on "
+                         f"({len(drawn) - len(clean)} of {len(drawn)} drawn are batch prompts); the teacher stage "
+                         f"needs at least {MIN_HELDOUT} for selection and {MIN_HELDOUT} for its gate. Take the "
+                         "batch's rows from the train split, or declare more held-out items")
     return eval_set, gate_set, len(drawn) - len(clean)

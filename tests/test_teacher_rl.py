@@ -81,15 +81,20 @@ def test_config_is_strict_and_init_is_checked(champion):
     assert identity == f"{champion.name}/{champion.version}" and (folder / "config.json").is_file()
 
 
-def test_a_skill_with_too_few_heldout_prompts_says_which_settings_to_lower():
+def test_a_skill_with_few_heldout_prompts_splits_what_it_has():
     from demo_world.skills import CATALOGUE
     from tasks.teacher_rl import TeacherConfig, heldout_sets
 
     mul = CATALOGUE["mul"]  # 192 held-out prompts: the defaults ask for 200 + 400
-    with pytest.raises(ValueError, match=r"eval_items \+ gate_items = 200 \+ 400.*teacher.gate_items"):
-        heldout_sets(mul, [], TeacherConfig())
-    eval_set, gate_set, _ = heldout_sets(mul, [], TeacherConfig(eval_items=64, gate_items=128))
-    assert len(eval_set) == 64 and len(gate_set) == 128
+    eval_set, gate_set, dropped = heldout_sets(mul, [], TeacherConfig())
+    assert (len(eval_set), len(gate_set), dropped) == (64, 128, 0), "the same 1 : 2 proportion as 200 : 400"
+    assert not {it.id for it in eval_set} & {it.id for it in gate_set}
+    add = CATALOGUE["add"]
+    eval_set, gate_set, _ = heldout_sets(add, [], TeacherConfig())
+    assert (len(eval_set), len(gate_set)) == (200, 400), "a skill with enough prompts gets what was asked"
+    every = mul.items("heldout", 192)
+    with pytest.raises(ValueError, match="at least 20.*train split"):
+        heldout_sets(mul, every[:180], TeacherConfig())  # a batch made of the held-out prompts
 
 
 def test_gate_rejects_a_teacher_that_did_not_improve(add_batch, champion, home):
