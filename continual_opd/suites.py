@@ -27,3 +27,24 @@ def all_suite_items(catalogue: Catalogue, size: int = DEFAULT_SUITE_SIZE) -> lis
     """Every item any gate of this catalogue would evaluate: every target's and every core skill's suite."""
     names = list(dict.fromkeys([*catalogue.targets, *catalogue.core]))
     return [it for items in build_suites(catalogue, names, size).values() for it in items]
+
+
+SELECTION_SEED = 31337
+
+
+def selection_suites(catalogue: Catalogue, names: list[str], size: int, gate_size: int,
+                     trained: set[str] = frozenset(), seed: int = SELECTION_SEED) -> dict[str, list[Item]]:
+    """Items for choosing between candidates without looking at the gate's items: per suite, up to `size` held-out
+    items outside the gate's suite of `gate_size` items (`build_suites`). A skill whose held-out split the gate
+    takes whole (the demo's sub and mul) gets train-split items instead, minus the prompts this update `trained`
+    on. Choosing on the gate's own items would bias the gate; these never are (tests/test_selection.py)."""
+    gate = build_suites(catalogue, names, gate_size)
+    out = {}
+    for name in names:
+        taken = {it.id for it in gate[name]}
+        spare = [it for it in catalogue[name].items("heldout", size + len(taken), seed=seed) if it.id not in taken]
+        if len(spare) < size:
+            spare += [it for it in catalogue[name].items("train", size + len(trained), seed=seed)
+                      if it.prompt not in trained][:size - len(spare)]
+        out[name] = spare[:size]
+    return out

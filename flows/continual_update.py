@@ -36,9 +36,10 @@ from continual_opd.records import (AcceptedBatch, Candidate, Decision, EvalRepor
 from continual_opd.tracking import (UPDATES_EXPERIMENT, close_update_run, code_revision, current_flow_run_id,
                                     interrupted_update, open_update_run, set_stage)
 from flows.params import UpdateParams
-from gates.promotion import decide
+from gates.promotion import decide, policy_check
 from tasks.distill import distill
 from tasks.evaluate import evaluate
+from tasks.interpolation import Selection
 from tasks.teacher_rl import train_teacher
 from tasks.validate import (ContractViolation, DuplicateBatch, contract_table, ensure_new_batch, mark_processed,
                             validate_batch)
@@ -86,8 +87,12 @@ def teacher_rl_task(batch: AcceptedBatch, champion: ModelRef, params: UpdatePara
 @task(name="distill", **stage)
 def distill_task(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, params: UpdateParams,
                  parent_run_id: str) -> Candidate:
+    selection = None
+    if params.distill.interpolation_alphas != [1.0]:  # choose a safe update size with the gate's own policy
+        selection = Selection(policy_check(params.gate, params.catalogue(), batch.skill, current_home(),
+                                           params.distill.registered_model), params.evaluation.suite_size)
     return distill(batch, champion, teacher, params.distill, params.catalogue(), current_home(), parent_run_id,
-                   compute=params.compute)
+                   compute=params.compute, selection=selection)
 
 
 @task(name="evaluate", **stage)

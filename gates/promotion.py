@@ -9,6 +9,7 @@
 - Every decision and rollback is recorded, with its registry moves, by `gates.audit`.
 """
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -40,6 +41,20 @@ class GateConfig(StrictConfig):
         """Fail when the update starts, not after minutes of training, if the policy file is wrong."""
         load_policy(self.policy_path())
         return self
+
+
+def policy_check(cfg: GateConfig, catalogue: Catalogue, target: str, home: Home, model_name: str):
+    """The gate's policy as a check on metrics measured elsewhere (distillation's selection split): the same
+    thresholds as `decide`, nothing recorded. Returns metrics -> (passes, reasons)."""
+    policy = load_policy(cfg.policy_path()).policy
+    core = [c for c in catalogue.core if c != target]
+    taught = [t for t in accuracy_matrix.taught_skills(home, model_name) if t != target]
+
+    def check(metrics: Mapping[str, float]) -> tuple[bool, tuple[str, ...]]:
+        verdict = evaluate_policy(policy, dict(metrics), target, core, taught)
+        return verdict.blessed, verdict.reasons
+
+    return check
 
 
 class RollbackRefused(ValueError):

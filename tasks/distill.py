@@ -2,19 +2,21 @@
 
 The student starts as a copy of the champion and samples its own completions (on-policy). Target-skill
 prompts (the batch rows) are scored by the specialist teacher; replay prompts drawn from the train splits
-of the core skills and of the targets taught by earlier promoted updates (`replay_taught`) are scored by
-the frozen champion, the anchor. The student minimises the full-vocabulary reverse KL to each row's own
+of the core skills are scored by the frozen champion (the anchor), and those of the targets taught by
+earlier promoted updates (`replay_taught`) by the teacher of the update that taught them (`replay_teachers`,
+found through the lineage tags). The student minimises a full-vocabulary divergence to each row's own
 teacher (`RoutedDistillationTrainer`), so it learns the new skill without drifting from what it already
-does well: on the demo world, a quarter of each batch as core replay kept every core skill within a point.
-The methods, their settings and the guard live in `tasks.distill_config` and `tasks.distill_training`.
+does well. The methods, their settings and the levers live in `tasks.distill_config`, the training and the
+guard in `tasks.distill_training`, the optional choice of a safe update size in `tasks.interpolation`.
 
 Guards stop the stage before it trains on nonsense, raising `DistillationGuardError`: a teacher with
-another vocabulary (every method that uses the teacher), or, for the opd methods, a mean reverse KL on
-target prompts at step 0 above `max_initial_kl` (a broken or mismatched teacher). Trainer checkpoints
-live in `home.checkpoints/distill-<key>`: rerunning an interrupted stage with the same inputs resumes
-from the last one. The finished student is saved atomically to `home.models/candidate-<key>` and
-registered (idempotently on the key) with alias `candidate` and the lineage tags (`parent_version`,
-`teacher_version`, `data_digest`, `config_hash`, `code_revision`, `flow_run_id`, `method`).
+another vocabulary (every method that uses the teacher), or, for the opd methods, a teacher that does not
+know the batch's answers (`guard`). Trainer checkpoints live in `home.checkpoints/distill-<key>`: rerunning
+an interrupted stage with the same inputs resumes from the last one. The finished student is saved
+atomically to `home.models/candidate-<key>` and registered (idempotently on the key) with alias `candidate`
+and the lineage tags (`parent_version`, `teacher_model`, `teacher_version`, `data_digest`, `config_hash`,
+`code_revision`, `flow_run_id`, `method`, and how it was trained: `replay_teachers`, `cold_target`,
+`lora_rank`, `alpha`).
 """
 
 import hashlib
@@ -27,13 +29,15 @@ from continual_opd.batch_io import load_batch
 from continual_opd.compat import IncompatibleModels, check_distillable
 from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig, training_precision
 from continual_opd.home import Home, file_lock
-from continual_opd.modelio import pick_device, save_model_atomic
+from continual_opd.modelio import load_model, pick_device, save_model_atomic
 from continual_opd.records import AcceptedBatch, Candidate, ModelRef, Teacher
 from continual_opd.skills import Catalogue
+from continual_opd.suites import selection_suites
 from continual_opd.tracking import MetricBuffer, code_revision, current_flow_run_id, stage_run
 from continual_opd.training import compute_params
 from tasks.distill_config import DistillationGuardError, DistillConfig
 from tasks.distill_training import train_candidate
+from tasks.interpolation import Selection, select_alpha
 
 STAGE = "distill"
 REPORT_FILE = "distill_report.json"
@@ -41,21 +45,29 @@ REPORT_FILE = "distill_report.json"
 
 def distill(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: DistillConfig, catalogue: Catalogue,
             home: Home, parent_run_id: str | None = None, *, callbacks: Sequence = (),
-            compute: ComputeConfig = DEFAULT_COMPUTE) -> Candidate:
+            compute: ComputeConfig = DEFAULT_COMPUTE, selection: Selection | None = None) -> Candidate:
     """Distil `teacher` (target prompts) and `champion` (replay prompts) into a copy of the champion.
 
     Registers the result as a new version of `cfg.registered_model` with alias `candidate`. Rerunning with
     the same inputs returns the already registered candidate, or resumes an interrupted run from its last
     checkpoint. `callbacks` are extra `transformers.TrainerCallback`s (tests use one to interrupt a run).
     `compute` says how the machine is used (precision, vLLM rollouts; `continual_opd.compute`).
+    `selection` (the gate's policy as a check, and the gate's suite size) is needed when `cfg` names
+    interpolation alphas other than [1.0]: the stage then registers the largest alpha that passes it on a
+    selection split disjoint from the gate's suites (`tasks.interpolation`).
     """
     skill = catalogue[batch.skill]
     targets = [it for it in load_batch(batch.path) if it.skill == batch.skill]
     if not targets:
         raise ValueError(f"batch {batch.path} has no rows of skill {batch.skill!r}: nothing to distil")
+    if cfg.interpolation_alphas != [1.0] and selection is None:
+        raise ValueError(f"distill.interpolation_alphas={cfg.interpolation_alphas} needs the gate's policy to choose "
+                         "an alpha: pass `selection` (the flow does), or set interpolation_alphas to [1.0]")
     replayed = replay_skills(cfg, catalogue, skill.id, home, champion.name)
+    own = taught_teachers(home, champion.name, replayed) if cfg.replay_teachers == "own" and cfg.replay_per_step \
+        else {}
     key = candidate_key(batch, champion, teacher, cfg, catalogue, replayed,
-                        training_precision(compute.precision, pick_device()))
+                        training_precision(compute.precision, pick_device()), own)
     short = key.split(":")[-1]
     with file_lock(home.locks / f"distill-{short}.lock"):  # one process trains a given candidate
         existing = registry.find_version(cfg.registered_model, key)
@@ -66,7 +78,7 @@ def distill(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: Dis
                 except IncompatibleModels as exc:
                     raise DistillationGuardError(str(exc)) from exc
             existing = _train_and_register(targets, skill, batch, champion, teacher, cfg, catalogue, home, key,
-                                           parent_run_id, list(callbacks), replayed, compute)
+                                           parent_run_id, list(callbacks), replayed, compute, own, selection)
         version = str(existing.version)  # MLflow 3 gives versions as int; records carry str
         registry.client().set_registered_model_alias(cfg.registered_model, registry.CANDIDATE, version)
     folder = registry.local_folder(existing)
@@ -82,26 +94,50 @@ def replay_skills(cfg: DistillConfig, catalogue: Catalogue, target: str, home: H
     return [s for s in dict.fromkeys([*catalogue.core, *taught]) if s != target]
 
 
+def taught_teachers(home: Home, model_name: str, replayed: Sequence[str]) -> dict[str, str]:
+    """Replayed skill -> (registered model, version) of the teacher of the latest promoted update that taught it.
+
+    Lineage: the accuracy matrix's promoted rows -> the candidate version's `teacher_model`/`teacher_version`
+    tags (versions registered before `teacher_model` existed used the default teacher model).
+    """
+    out: dict[str, str] = {}
+    for row in accuracy_matrix.load(home, model_name)["rows"]:
+        if row["event"] != "promoted" or row["target_skill"] not in replayed:
+            continue
+        tags = registry.get_version(model_name, row["version"]).tags
+        if tags.get("teacher_version"):
+            out[row["target_skill"]] = f"{tags.get('teacher_model', registry.TEACHER_MODEL)}/{tags['teacher_version']}"
+    return out
+
+
+def teacher_folders(own: dict[str, str]) -> dict[str, str]:
+    """Skill -> local folder of each teacher named `model/version` by `taught_teachers`."""
+    return {skill: str(registry.local_folder(registry.get_version(*ref.rsplit("/", 1)))) for skill, ref in own.items()}
+
+
 def candidate_key(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: DistillConfig,
-                  catalogue: Catalogue, replayed: Sequence[str] = (), precision: str = "fp32") -> str:
-    """The registration key: same champion, teacher, data, settings, replayed skills and training precision
-    (resolved: fp32 or bf16-mixed): the same candidate."""
+                  catalogue: Catalogue, replayed: Sequence[str] = (), precision: str = "fp32",
+                  own: dict[str, str] | None = None) -> str:
+    """The registration key: same champion, teacher, data, settings, replayed skills (and their own teachers) and
+    training precision (resolved: fp32 or bf16-mixed): the same candidate."""
     extra = [s for s in replayed if s not in catalogue.core]  # core-only replay keeps the keys it always had
     blob = json.dumps([champion.name, champion.version, teacher.model.name, teacher.model.version, batch.skill,
                        batch.digest, cfg.config_hash(), *([extra] if extra else []),
-                       *([precision] if precision != "fp32" else [])])  # fp32 (every CPU run) keeps its keys
+                       *([precision] if precision != "fp32" else []),  # fp32 (every CPU run) keeps its keys
+                       *([sorted(own.items())] if own else [])])
     return f"distill:{batch.skill}:{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
 def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillConfig, catalogue: Catalogue,
                         home: Home, key: str, parent_run_id, extra_callbacks, replayed: Sequence[str],
-                        compute: ComputeConfig) -> object:
+                        compute: ComputeConfig, own: dict[str, str], selection: Selection | None) -> object:
     import mlflow
 
     short = key.split(":")[-1][:16]
     work = home.checkpoints / f"distill-{short}"
     dest = home.models / f"candidate-{short}"
-    lineage = {"parent_version": champion.version, "teacher_version": teacher.model.version,
+    lineage = {"parent_version": champion.version, "teacher_model": teacher.model.name,
+               "teacher_version": teacher.model.version,
                "data_digest": batch.digest, "config_hash": cfg.config_hash(), "code_revision": code_revision(),
                "flow_run_id": current_flow_run_id(), "method": cfg.method}
     with stage_run(STAGE, parent_run_id, tags={**lineage, "skill": skill.id, "registration_key": key}) as run:
@@ -112,12 +148,21 @@ def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillCo
                            "registration_key": key, **compute_params(compute)})
         logger = MetricBuffer(run.info.run_id)
         model, tokenizer, metrics = train_candidate(targets, skill, champion, teacher, cfg, catalogue, work, logger,
-                                                    extra_callbacks, replayed, compute)
+                                                    extra_callbacks, replayed, compute, teacher_folders(own))
+        trained_as = {"replay_teachers": ",".join(f"{s}={ref}" for s, ref in own.items()),
+                      "cold_target": str(bool(metrics.get("cold_target"))).lower(), "lora_rank": str(cfg.lora_rank)}
+        if cfg.interpolation_alphas != [1.0]:
+            model, alpha, trials = choose_alpha(model, tokenizer, champion, targets, skill, cfg, catalogue, replayed,
+                                                selection)
+            metrics["alpha"] = alpha
+            mlflow.log_dict({"trials": trials}, "alpha_selection.json")
+            trained_as["alpha"] = f"{alpha:g}"
+        mlflow.set_tags(trained_as)
         report = {"registration_key": key, **lineage, "skill": skill.id, "metrics": metrics}
         save_model_atomic(model, tokenizer, dest, extra_files={REPORT_FILE: json.dumps(report, indent=1)})
         version = registry.register_folder(
             dest, cfg.registered_model, run.info.run_id,
-            {**lineage, "role": "candidate", "skill": skill.id,
+            {**lineage, **trained_as, "role": "candidate", "skill": skill.id,
              **{f"acc.{k.split('/')[1][:-4]}": f"{v:.4f}" for k, v in metrics.items()
                 if k.startswith("heldout/") and k.endswith("_acc")}},
             key, description=f"{cfg.method} candidate for {skill.id} from {champion.name} v{champion.version} "
@@ -127,3 +172,17 @@ def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillCo
         logger.flush()
     shutil.rmtree(work, ignore_errors=True)
     return version
+
+
+def choose_alpha(student, tokenizer, champion: ModelRef, targets, skill, cfg: DistillConfig, catalogue: Catalogue,
+                 replayed: Sequence[str], selection: Selection):
+    """The largest interpolation alpha whose selection-split results pass the gate's policy (`tasks.interpolation`).
+
+    The selection split covers the gate's suites (target, core, replayed taught skills) with items outside them.
+    """
+    names = list(dict.fromkeys([skill.id, *catalogue.core, *replayed]))
+    suites = selection_suites(catalogue, names, cfg.selection_items, selection.gate_suite_size,
+                              trained={it.prompt for it in targets})
+    champion_model, _ = load_model(champion.folder, frozen=True)
+    return select_alpha(student, champion_model, tokenizer, cfg.interpolation_alphas, suites, catalogue,
+                        selection.accept)

@@ -9,6 +9,20 @@ so the gate and the benchmark can compare them:
 - `grpo`: RL directly on the student with the skill's verifier as reward (TRL `GRPOTrainer`, the
   reward of `tasks.rewards`, as the teacher stage uses), `grpo_generations` completions per prompt.
 Only `opd` mixes in replay prompts: the baselines are the methods as usually run.
+
+Levers that keep earlier skills (each a setting; docs/benchmark.md measures each alone and together):
+- replay: `replay_fraction` of every opd step replays the core skills and the targets taught by earlier
+  promoted updates, with `taught_replay_weight` shares for each taught skill against one per core skill;
+- `replay_teachers`: a taught skill's replay rows are scored by the teacher of the update that taught it
+  ("own") or by the frozen champion;
+- divergences: `beta` on target rows, `replay_beta` on replay rows (1 reverse KL, 0 forward KL), and
+  `anchor_kl_coef`, an extra reverse KL to the frozen champion on every target row;
+- a cold target (the champion scores below `cold_target_below` on it) trains `cold_target_steps` steps;
+- the learning-rate schedule (`warmup_steps`, `lr_schedule`);
+- `lora_rank`: a LoRA adapter (peft) instead of full fine-tuning, merged before saving;
+- `interpolation_alphas`: the registered candidate is the largest interpolation between champion and
+  trained student whose results on a selection split (held-out items outside the gate's suites) pass the
+  gate's policy.
 """
 
 from typing import Literal
@@ -21,6 +35,7 @@ from continual_opd.training import micro_batches
 
 Method = Literal["opd", "opd_no_replay", "sft_teacher_samples", "grpo"]
 TARGET_ROUTE, ANCHOR_ROUTE = "target", "anchor"
+TAUGHT_ROUTE = "taught:"  # + skill id: replay of a taught skill scored by the teacher that taught it
 
 
 class DistillConfig(StrictConfig):
@@ -29,6 +44,11 @@ class DistillConfig(StrictConfig):
     Measured on the demo base (add 0.32 -> teacher 0.65, 1,000 held-out items): 256 prompts a step at
     lr 1e-3 with linear decay reached 99% of the teacher's gain in 100 steps with every core skill within
     0.1 point; 64 prompts a step at 3e-4 reached 75% (the base learns addition slowly).
+
+    The continual defaults are the combination that kept earlier-taught skills over the add -> sub -> mul
+    sequence (docs/benchmark.md, ablation): half of every step is replay, each taught skill with 8 shares
+    against one per core skill and scored by its own teacher; forward KL on target rows, reverse KL on
+    replay rows; 300 steps for a target the champion cannot do; the reference-NLL teacher guard.
     """
 
     method: Method = Field("opd", description="opd (with core replay), opd_no_replay, sft_teacher_samples or grpo.")
@@ -45,24 +65,52 @@ class DistillConfig(StrictConfig):
                                                                  "accumulated over passes of this size (bounds "
                                                                  "memory, same update). Must divide "
                                                                  "prompts_per_step; empty = one pass.")
-    replay_fraction: float = Field(0.25, ge=0, lt=1, description="Share of each opd batch that is core-skill replay "
-                                                                 "prompts scored by the frozen champion.")
+    replay_fraction: float = Field(0.5, ge=0, lt=1, description="Share of each opd batch that replays the core "
+                                                                "skills and earlier-taught skills.")
     replay_taught: bool = Field(True, description="Replay also the target skills taught by earlier promoted updates "
-                                                  "(the home's accuracy matrix): without it a sub update erased "
+                                                  "(the registry's accuracy matrix): without it a sub update erased "
                                                   "add (measured: 65% -> 35%).")
+    taught_replay_weight: float = Field(8.0, ge=1, description="Replay shares of each earlier-taught skill against "
+                                                               "one share per core skill (1 = equal shares).")
+    replay_teachers: Literal["champion", "own"] = Field("own", description="Who scores the replay rows of an "
+                                                        "earlier-taught skill: the frozen champion, or 'own': the "
+                                                        "teacher of the update that taught it (core replay: always "
+                                                        "the champion).")
     anchor_kl_coef: float = Field(0.0, ge=0, description="Extra reverse KL to the frozen champion on target prompts "
                                                          "(opd methods; 0 = off).")
-    beta: float = Field(1.0, ge=0, le=1, description="TRL's divergence: 1.0 = reverse KL (on-policy distillation), "
-                                                     "0.0 = forward KL, between = generalised JSD.")
+    beta: float = Field(0.0, ge=0, le=1, description="Divergence on target rows (TRL's beta): 1.0 = reverse KL "
+                                                     "(on-policy distillation), 0.0 = forward KL at the student's "
+                                                     "own samples, between = generalised JSD.")
+    replay_beta: float = Field(1.0, ge=0, le=1, description="Divergence on replay rows: 1.0 = reverse KL, 0.0 = "
+                                                            "forward KL.")
+    cold_target_below: float = Field(0.05, ge=0, le=1, description="Rule: a target the champion answers below this "
+                                     "share of its held-out items (one it cannot do at all) trains cold_target_steps "
+                                     "instead of steps (0 = never).")
+    cold_target_steps: int = Field(300, ge=1, description="Optimizer steps for a cold target.")
+    lora_rank: int = Field(0, ge=0, description="LoRA adapter rank on every linear layer (peft), merged into the "
+                                                "weights before saving; 0 = full fine-tuning.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (the update is scaled by "
+                                                      "lora_alpha / lora_rank).")
+    interpolation_alphas: list[float] = Field(default_factory=lambda: [1.0], description="Candidates theta_champion "
+                                              "+ alpha (theta_student - theta_champion), tried from the largest; the "
+                                              "first whose selection-split results pass the gate's policy is "
+                                              "registered ([1.0] = the trained student, no selection).")
+    selection_items: int = Field(300, ge=20, description="Held-out items per suite for choosing alpha, drawn outside "
+                                                         "the gate's suites.")
     max_completion_length: int = Field(8, ge=1, description="Most tokens sampled per completion.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts and teacher samples.")
     grpo_generations: int = Field(8, ge=2, description="grpo only: completions per prompt (group size); must divide "
                                                        "prompts_per_step.")
     eval_every: int = Field(25, ge=1, description="Held-out accuracy (target and core) every this many steps.")
     eval_items: int = Field(200, ge=1, description="Held-out items per skill for the accuracy curve.")
-    max_initial_kl: float = Field(3.0, gt=0, description="Stop if the mean per-token reverse KL to the teacher on "
-                                                         "target prompts at step 0 is above this (nats; measured: "
-                                                         "trained teachers 0.4-2.1, an untrained model 3.8).")
+    guard: Literal["reference_nll", "kl"] = Field("reference_nll", description="Step-0 teacher guard: reference_nll stops when "
+                                                  "the teacher's mean per-token NLL of the batch's reference answers "
+                                                  "is above max_reference_nll; kl when the student's reverse KL to "
+                                                  "the teacher on target prompts is above max_initial_kl.")
+    max_reference_nll: float = Field(3.0, gt=0, description="guard=reference_nll: the bound, nats per answer token "
+                                                            "(uniform over the demo's 69 tokens is 4.2).")
+    max_initial_kl: float = Field(3.0, gt=0, description="guard=kl: the bound, nats per token (measured: trained "
+                                                         "teachers 0.4-2.1, an untrained model 3.8).")
     seed: int = Field(0, description="Seed of prompt mixing, sampling and training.")
     registered_model: str = Field(registry.STUDENT_MODEL, description="Registered model that receives candidates.")
     checkpoint_every: int = Field(25, ge=1, description="Save a resumable trainer checkpoint every this many steps.")
@@ -78,6 +126,12 @@ class DistillConfig(StrictConfig):
         if self.method == "grpo" and self.prompts_per_step % self.grpo_generations:
             raise ValueError(f"grpo needs prompts_per_step ({self.prompts_per_step}) to be a multiple of "
                              f"grpo_generations ({self.grpo_generations})")
+        return self
+
+    @model_validator(mode="after")
+    def _alphas_valid(self):
+        if not self.interpolation_alphas or any(not 0 < a <= 1 for a in self.interpolation_alphas):
+            raise ValueError(f"interpolation_alphas {self.interpolation_alphas} must be one or more numbers in (0, 1]")
         return self
 
     @property

@@ -2,19 +2,25 @@
 
 Every method gets its TRL arguments, held-out callback and prompt format from `continual_opd.training`
 and `continual_opd.prompts`, as the teacher stage does. The opd methods use `RoutedDistillationTrainer`:
-target rows are scored by the teacher, replay rows by the frozen champion (the anchor).
+target rows are scored by the teacher, core replay rows by the frozen champion (the anchor), and the replay
+rows of a skill taught by an earlier update by that update's own teacher (route `taught:<skill>`) when
+`replay_teachers="own"`.
 
-The guard: before an opd method trains, it samples `GUARD_PROBE_PROMPTS` target prompts from the student
-and measures the mean per-token reverse KL to the teacher. A teacher that is broken, untrained or another
-model shows up as a huge divergence at step 0, and the stage stops (`DistillationGuardError`) instead of
-distilling nonsense. A resumed run (a checkpoint exists) has passed the guard already.
+The guard, before an opd method trains (a resumed run has passed it already), stops the stage with
+`DistillationGuardError` instead of distilling nonsense:
+- `reference_nll` (default): the teacher's mean per-token NLL of the batch's reference answers. A teacher
+  that knows the skill gives them a small NLL (demo world: 0.05-0.25 nats trained or warm-started, 1.0-1.4
+  for GRPO teachers at a third of the held-out items); random, corrupted or wrong-skill teachers 4.1-10.5.
+- `kl`: the student's mean per-token reverse KL to the teacher on `GUARD_PROBE_PROMPTS` sampled target
+  prompts. It cannot tell a confident teacher of a skill the student lacks (a warm-started mul teacher:
+  9.6 nats) from a broken one (4.2-5.1), which is why it is no longer the default.
 """
 
 import itertools
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig
@@ -23,10 +29,11 @@ from continual_opd.modelio import load_model
 from continual_opd.prompts import as_trl_completion, as_trl_prompt
 from continual_opd.skills import Catalogue
 from continual_opd.suites import build_suites, suite_names
+from continual_opd.supervised import answer_nll
 from continual_opd.tracking import MetricBuffer
 from continual_opd.training import attach, heldout_callback, rollout_args, trainer_args
 from tasks import routed_distillation
-from tasks.distill_config import ANCHOR_ROUTE, TARGET_ROUTE, DistillationGuardError, DistillConfig
+from tasks.distill_config import ANCHOR_ROUTE, TARGET_ROUTE, TAUGHT_ROUTE, DistillationGuardError, DistillConfig
 from tasks.rewards import exact_match
 
 GUARD_PROBE_PROMPTS = 64  # target prompts sampled for the step-0 KL guard (fewer make the mean noisy)
@@ -37,7 +44,7 @@ def training_rows(targets, cfg: DistillConfig, catalogue: Catalogue,
     """`steps x prompts_per_step` rows in step order, each step with exactly `replay_per_step` replay rows.
 
     Target rows cycle through the batch (reshuffled each pass); replay rows come from the train splits of
-    `replayed` (default: the core skills), an equal share per skill. The order is a pure function of the
+    `replayed` (default: the core skills), in the shares of `replay_shares`. The order is a pure function of the
     inputs, so a resumed run sees the same steps.
     """
     rng = random.Random(cfg.seed)
@@ -51,8 +58,8 @@ def training_rows(targets, cfg: DistillConfig, catalogue: Catalogue,
     replay = []
     if n_replay:
         replayed = list(catalogue.core if replayed is None else replayed)
-        per_skill = math.ceil(cfg.steps * n_replay / len(replayed))
-        for name in replayed:
+        for name, share in replay_shares(replayed, catalogue, cfg.taught_replay_weight).items():
+            per_skill = math.ceil(cfg.steps * n_replay * share)
             pool = catalogue[name].items("train", per_skill, seed=cfg.seed)  # few-prompt skills (mul) repeat
             replay.extend((pool * math.ceil(per_skill / len(pool)))[:per_skill])
         rng.shuffle(replay)
@@ -69,10 +76,26 @@ def training_rows(targets, cfg: DistillConfig, catalogue: Catalogue,
     return rows
 
 
+def replay_shares(replayed: Sequence[str], catalogue: Catalogue, taught_weight: float) -> dict[str, float]:
+    """Share of the replay rows per replayed skill: `taught_weight` shares for each skill taught by an earlier
+    update (every replayed skill that is not a core skill), one share for each core skill.
+
+    Why: with equal shares a sub update replayed 13 add rows a step against 179 sub rows, and the sub gradient
+    erased add (-42 points); 8 shares (~85 add rows a step) kept add within 1-3 points at the same sub gain.
+    """
+    weights = {s: (1.0 if s in catalogue.core else taught_weight) for s in replayed}
+    total = sum(weights.values())
+    return {s: w / total for s, w in weights.items()}
+
+
 def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catalogue: Catalogue, work: Path,
                     logger: MetricBuffer, extra_callbacks: Sequence, replayed: Sequence[str],
-                    compute: ComputeConfig = DEFAULT_COMPUTE):
-    """Build the method's trainer, guard, train (resuming when a checkpoint exists); returns model, tok, metrics."""
+                    compute: ComputeConfig = DEFAULT_COMPUTE, own_teachers: Mapping[str, str] | None = None):
+    """Build the method's trainer, guard, train (resuming when a checkpoint exists); returns model, tok, metrics.
+
+    `own_teachers` maps a replayed taught skill to the folder of the teacher that taught it (opd only).
+    The returned model is a plain `PreTrainedModel`: a LoRA adapter (`lora_rank`) is merged into it.
+    """
     import torch
 
     torch.manual_seed(cfg.seed)
@@ -81,9 +104,13 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
     heldout = heldout_callback(tokenizer, eval_sets, catalogue, logger, every=cfg.eval_every,
                                max_new_tokens=answer_tokens(cfg.max_completion_length), log_prefix="train")
     metrics: dict[str, float] = {}
+    heldout.evaluate(student, 0)  # the champion's accuracy: the reference for every curve, resumed or not
+    if cold_target(cfg, heldout.initial.get(skill.id, 1.0)):
+        cfg = cfg.model_copy(update={"steps": cfg.cold_target_steps})
+        metrics["cold_target"] = 1.0
     if cfg.method in ("opd", "opd_no_replay"):
         trainer = routed_trainer(student, tokenizer, targets, champion, teacher, cfg, catalogue, work, replayed,
-                                 compute=compute)
+                                 compute=compute, own_teachers=own_teachers)
     elif cfg.method == "sft_teacher_samples":
         trainer = sft_trainer(student, tokenizer, targets, teacher, cfg, catalogue, work, compute=compute)
     else:
@@ -93,25 +120,14 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
 
     checkpoint = last_complete_checkpoint(work / "trainer")
     if cfg.method in ("opd", "opd_no_replay"):
-        targets_first = (r for r in trainer.train_dataset if r["route"] == TARGET_ROUTE)
-        probe = list(itertools.islice(targets_first, GUARD_PROBE_PROMPTS))
-        initial_kl = trainer.measure_route_kl(probe)[TARGET_ROUTE]
-        metrics["initial_kl/target"] = initial_kl
-        logger.add({"initial_kl/target": initial_kl}, 0)
+        metrics.update(guard(trainer, tokenizer, targets, skill, teacher, cfg, resuming=checkpoint is not None))
+        logger.add(dict(metrics), 0)
         logger.flush()
-        if checkpoint is None and initial_kl > cfg.max_initial_kl:
-            raise DistillationGuardError(
-                f"the mean per-token reverse KL from the student to the teacher on {skill.id} prompts is "
-                f"{initial_kl:.3f} nats at step 0, above max_initial_kl={cfg.max_initial_kl}: the teacher "
-                f"({teacher.model.name} v{teacher.model.version}, {teacher.model.folder}) does not look like a "
-                "fine-tuned copy of the champion (broken, untrained or another model). Check the teacher stage, "
-                "or raise max_initial_kl if the gap is intended.")
     resumed_from = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-    heldout.evaluate(student, 0)  # the champion's accuracy: the reference for every curve, resumed or not
     started = time.time()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.time() - started
-    model = trainer.model
+    model = merged(trainer.model)
     model.eval()
     metrics.update({f"heldout/{name}_acc": acc for name, acc in heldout.latest.items()})
     metrics.update({f"heldout/{name}_acc_initial": acc for name, acc in heldout.initial.items()})
@@ -120,6 +136,41 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
                         heldout.latest[c] - heldout.initial[c] for c in catalogue.core if c in heldout.latest)})
     logger.add({f"final/{k}": v for k, v in metrics.items()}, trainer.state.global_step)
     return model, tokenizer, metrics
+
+
+def cold_target(cfg: DistillConfig, champion_accuracy: float) -> bool:
+    """Rule: a target the champion cannot do at all (held-out accuracy below `cold_target_below`) trains
+    `cold_target_steps` steps. The demo's mul (champion 0%): 100 steps learned 6.5%, 300 steps 12.0%, add kept."""
+    return (cfg.method in ("opd", "opd_no_replay") and cfg.cold_target_below > 0
+            and champion_accuracy < cfg.cold_target_below)
+
+
+def guard(trainer, tokenizer, targets, skill, teacher, cfg: DistillConfig, resuming: bool) -> dict[str, float]:
+    """Both step-0 measurements (logged whatever `cfg.guard` is); raises `DistillationGuardError` when the chosen
+    one is over its bound, unless the run resumes (it passed the guard before)."""
+    targets_first = (r for r in trainer.train_dataset if r["route"] == TARGET_ROUTE)
+    probe = list(itertools.islice(targets_first, GUARD_PROBE_PROMPTS))
+    initial_kl = trainer.measure_route_kl(probe)[TARGET_ROUTE]
+    reference = answer_nll(trainer.teachers[TARGET_ROUTE], tokenizer,
+                           [(it.prompt, it.answer) for it in targets[:GUARD_PROBE_PROMPTS]])
+    who = f"the teacher ({teacher.model.name} v{teacher.model.version}, {teacher.model.folder})"
+    if not resuming and cfg.guard == "reference_nll" and reference > cfg.max_reference_nll:
+        raise DistillationGuardError(
+            f"{who} gives the batch's reference {skill.id} answers a mean NLL of {reference:.3f} nats per token, "
+            f"above max_reference_nll={cfg.max_reference_nll}: it does not know the answers it is to teach "
+            "(broken, untrained, or a model of another skill). Check the teacher stage's report.")
+    if not resuming and cfg.guard == "kl" and initial_kl > cfg.max_initial_kl:
+        raise DistillationGuardError(
+            f"the mean per-token reverse KL from the student to the teacher on {skill.id} prompts is "
+            f"{initial_kl:.3f} nats at step 0, above max_initial_kl={cfg.max_initial_kl}: {who} does not look "
+            "like a fine-tuned copy of the champion (broken, untrained or another model). Check the teacher "
+            "stage, or raise max_initial_kl if the gap is intended.")
+    return {"initial_kl/target": initial_kl, "initial/teacher_reference_nll": reference}
+
+
+def merged(model):
+    """The trained model as a plain `PreTrainedModel`: a peft (LoRA) model has its adapter merged in."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
@@ -140,11 +191,14 @@ def _args(cfg: DistillConfig, work: Path, compute: ComputeConfig) -> dict:
 
 
 def routed_trainer(student, tokenizer, targets, champion, teacher, cfg: DistillConfig, catalogue: Catalogue,
-                   work: Path, replayed: Sequence[str] | None = None, *, compute: ComputeConfig = DEFAULT_COMPUTE):
-    """The opd methods: target rows scored by the teacher, replay rows by the frozen champion (the anchor).
+                   work: Path, replayed: Sequence[str] | None = None, *, compute: ComputeConfig = DEFAULT_COMPUTE,
+                   own_teachers: Mapping[str, str] | None = None):
+    """The opd methods: target rows scored by the teacher, core replay rows by the frozen champion (the anchor),
+    the replay rows of a skill in `own_teachers` by the teacher at its folder (route `taught:<skill>`).
 
-    TRL generates the step's `prompts_per_step` completions at once, then accumulates the loss over
-    micro-batches, each normalised by the whole step's token count, so the update equals the full batch's.
+    Target rows use the divergence `beta`, every replay route `replay_beta`. TRL generates the step's
+    `prompts_per_step` completions at once, then accumulates the loss over micro-batches, each normalised
+    by the whole step's token count, so the update equals the full batch's.
     """
     from datasets import Dataset
     from trl import DistillationConfig
@@ -153,8 +207,11 @@ def routed_trainer(student, tokenizer, targets, champion, teacher, cfg: DistillC
     teachers = {TARGET_ROUTE: teacher_model}
     if cfg.replay_per_step or cfg.anchor_kl_coef:
         teachers[ANCHOR_ROUTE] = load_model(champion.folder, frozen=True, precision=compute.precision)[0]
-    rows = [{**r, "prompt": as_trl_prompt(tokenizer, r["prompt"])}
-            for r in training_rows(targets, cfg, catalogue, replayed)]
+    rows = route_rows(training_rows(targets, cfg, catalogue, replayed), own_teachers or {})
+    for route in sorted({r["route"] for r in rows} - set(teachers)):
+        teachers[route] = load_model(own_teachers[route.removeprefix(TAUGHT_ROUTE)], frozen=True,
+                                     precision=compute.precision)[0]
+    rows = [{**r, "prompt": as_trl_prompt(tokenizer, r["prompt"])} for r in rows]
     args = DistillationConfig(
         **_args(cfg, work, compute), **rollout_args(compute), beta=cfg.beta,
         temperature=cfg.temperature, max_completion_length=cfg.max_completion_length,
@@ -163,7 +220,25 @@ def routed_trainer(student, tokenizer, targets, champion, teacher, cfg: DistillC
     )
     return routed_distillation.RoutedDistillationTrainer(
         student, teachers, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-        anchor_route=ANCHOR_ROUTE if ANCHOR_ROUTE in teachers else None, anchor_kl_coef=cfg.anchor_kl_coef)
+        anchor_route=ANCHOR_ROUTE if ANCHOR_ROUTE in teachers else None, anchor_kl_coef=cfg.anchor_kl_coef,
+        route_betas={name: cfg.replay_beta for name in teachers if name != TARGET_ROUTE},
+        peft_config=lora_config(cfg))
+
+
+def route_rows(rows: list[dict], own_teachers: Mapping[str, str]) -> list[dict]:
+    """Replay rows of a skill in `own_teachers` move from the anchor route to that skill's own route."""
+    return [{**r, "route": TAUGHT_ROUTE + r["skill"]} if r["route"] == ANCHOR_ROUTE and r["skill"] in own_teachers
+            else r for r in rows]
+
+
+def lora_config(cfg: DistillConfig):
+    """peft's LoRA on every linear layer but the output head, or None (full fine-tuning) at `lora_rank` 0."""
+    if not cfg.lora_rank:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
 
 
 def sft_trainer(student, tokenizer, targets, teacher, cfg: DistillConfig, catalogue: Catalogue, work: Path, *,

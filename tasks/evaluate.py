@@ -31,7 +31,7 @@ from continual_opd.modelio import load_model
 from continual_opd.progress import Progress
 from continual_opd.prompts import add_special_tokens, as_text
 from continual_opd.records import Candidate, EvalReport, ModelRef, SuiteStats
-from continual_opd.skills import Catalogue
+from continual_opd.skills import Catalogue, Item
 from continual_opd.stats import paired_stats
 from continual_opd.suites import DEFAULT_SUITE_SIZE, build_suites, suite_names
 from continual_opd.tracking import stage_run
@@ -66,42 +66,9 @@ def evaluate(champion: ModelRef | None, candidate: Candidate, target_skill: str,
     names = suite_names(catalogue, target_skill)
     names += [t for t in accuracy_matrix.taught_skills(home, candidate.model.name) if t not in names]
     suites = build_suites(catalogue, names, cfg.suite_size)
-    items = [it for suite in names for it in suites[suite]]
-    prompts = [it.prompt for it in items]
-
-    kl_prompts = cfg.kl_prompts if champion is not None else 0
-    with Progress("evaluate", len(prompts) * (1 if champion is None else 2) + kl_prompts) as progress:
-        cand_model, cand_tok = load_model(candidate.model.folder, frozen=True, precision=compute.precision)
-        cand_out = _complete(cand_model, cand_tok, prompts, cfg, progress)
-        cand_correct = _correct(items, cand_out, catalogue)
-        progress.advance(0, {"candidate": sum(cand_correct) / len(items)})
-        if champion is not None:
-            champ_model, champ_tok = load_model(champion.folder, frozen=True, precision=compute.precision)
-            champ_out = _complete(champ_model, champ_tok, prompts, cfg, progress)
-            champ_correct = _correct(items, champ_out, catalogue)
-            progress.advance(0, {"champion": sum(champ_correct) / len(items)})
-        else:
-            champ_model = champ_tok = champ_out = champ_correct = None
-
-        kl_core = math.nan
-        if kl_prompts > 0:
-            core_prompts = _interleave([[it.prompt for it in suites[s]] for s in names
-                                        if catalogue[s].role == "core"], kl_prompts)
-            kl_core = kl_drift(champ_model, champ_tok, cand_model, cand_tok, core_prompts, cfg.max_new_tokens,
-                               cfg.seed, cfg.batch_size)
-            progress.advance(kl_prompts, {"kl_core": kl_core})
-
-    rows = []
-    for i, it in enumerate(items):
-        verifier = catalogue[it.skill]
-        row = {"suite": it.skill, "item_id": it.id, "prompt": it.prompt, "expected": it.answer,
-               "champion_output": champ_out[i] if champ_out else None, "candidate_output": cand_out[i],
-               "champion_correct": champ_correct[i] if champ_out else None,
-               "candidate_correct": cand_correct[i],
-               "champion_lenient_correct": verifier.verify_lenient(champ_out[i], it.answer) if champ_out else None,
-               "candidate_lenient_correct": verifier.verify_lenient(cand_out[i], it.answer)}
-        rows.append(row)
-    stats = suite_statistics(rows, names, cfg)
+    cand = load_model(candidate.model.folder, frozen=True, precision=compute.precision)
+    champ = load_model(champion.folder, frozen=True, precision=compute.precision) if champion is not None else None
+    rows, stats, kl_core = compare(champ, cand, suites, catalogue, cfg)
 
     champ_version = champion.version if champion is not None else ""
     out_dir = home.root / "evaluations" / (f"{candidate.model.name}-v{candidate.model.version}-vs-"
@@ -127,6 +94,48 @@ def evaluate(champion: ModelRef | None, candidate: Candidate, target_skill: str,
         accuracy_matrix.record_accuracy(home, champion.name, champion.version,
                                         {s: st.champion_acc for s, st in stats.items()}, roles)
     return report
+
+
+def compare(champion, candidate, suites: dict[str, list[Item]], catalogue: Catalogue, cfg: EvalConfig,
+            title: str = "evaluate") -> tuple[list[dict], dict[str, SuiteStats], float]:
+    """Champion and candidate, each a loaded (model, tokenizer), on the same suites: per-item rows, per-suite paired
+    statistics and `drift/kl_core`. With no champion (None), the candidate alone (NaN deltas and drift)."""
+    names = list(suites)
+    items = [it for suite in names for it in suites[suite]]
+    prompts = [it.prompt for it in items]
+    kl_prompts = cfg.kl_prompts if champion is not None else 0
+    with Progress(title, len(prompts) * (1 if champion is None else 2) + kl_prompts) as progress:
+        cand_model, cand_tok = candidate
+        cand_out = _complete(cand_model, cand_tok, prompts, cfg, progress)
+        cand_correct = _correct(items, cand_out, catalogue)
+        progress.advance(0, {"candidate": sum(cand_correct) / len(items)})
+        if champion is not None:
+            champ_model, champ_tok = champion
+            champ_out = _complete(champ_model, champ_tok, prompts, cfg, progress)
+            champ_correct = _correct(items, champ_out, catalogue)
+            progress.advance(0, {"champion": sum(champ_correct) / len(items)})
+        else:
+            champ_model = champ_tok = champ_out = champ_correct = None
+
+        kl_core = math.nan
+        if kl_prompts > 0:
+            core_prompts = _interleave([[it.prompt for it in suites[s]] for s in names
+                                        if catalogue[s].role == "core"], kl_prompts)
+            kl_core = kl_drift(champ_model, champ_tok, cand_model, cand_tok, core_prompts, cfg.max_new_tokens,
+                               cfg.seed, cfg.batch_size)
+            progress.advance(kl_prompts, {"kl_core": kl_core})
+
+    rows = []
+    for i, it in enumerate(items):
+        verifier = catalogue[it.skill]
+        rows.append({"suite": it.skill, "item_id": it.id, "prompt": it.prompt, "expected": it.answer,
+                     "champion_output": champ_out[i] if champ_out else None, "candidate_output": cand_out[i],
+                     "champion_correct": champ_correct[i] if champ_out else None,
+                     "candidate_correct": cand_correct[i],
+                     "champion_lenient_correct": verifier.verify_lenient(champ_out[i], it.answer) if champ_out
+                     else None,
+                     "candidate_lenient_correct": verifier.verify_lenient(cand_out[i], it.answer)})
+    return rows, suite_statistics(rows, names, cfg), kl_core
 
 
 def suite_statistics(rows: list[dict], names: list[str], cfg: EvalConfig) -> dict[str, SuiteStats]:

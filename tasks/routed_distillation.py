@@ -12,7 +12,8 @@ subclass adds exactly three things:
   TRL's `_chunked_divergence_loss` over the routes with one shared normaliser (all valid completion
   tokens of the batch), so a row's contribution is exactly its divergence against its own teacher and
   the total is what the stock trainer would compute if each row had the right teacher;
-- an optional KL-to-anchor term on the non-anchor rows (`anchor_kl_coef`), and per-route metrics
+- a divergence per route (`route_betas`: reverse KL on one route, forward KL on another), an optional
+  KL-to-anchor term on the non-anchor rows (`anchor_kl_coef`), and per-route metrics
   `kl/<route>` (mean per-token divergence: reverse KL at `beta=1.0`) and `kl_to_anchor/<route>`.
 
 It also runs the loss under the accelerator's autocast (`AutocastDistillationTrainer`, its parent). With
@@ -86,11 +87,13 @@ def _trainer_class():
             anchor_route: the route whose teacher is the anchor (the frozen champion), or None.
             anchor_kl_coef: weight of an extra divergence to the anchor on every row *not* on the anchor route
                 (0 disables it; needs `anchor_route`).
+            route_betas: route name -> TRL's `beta` for that route's rows (1.0 reverse KL, 0.0 forward KL);
+                routes not named use the config's `beta`. The anchor term is always reverse KL.
             Every other argument goes to `DistillationTrainer` unchanged.
         """
 
         def __init__(self, model, teachers: Mapping[str, torch.nn.Module], *args, anchor_route: str | None = None,
-                     anchor_kl_coef: float = 0.0, **kwargs):
+                     anchor_kl_coef: float = 0.0, route_betas: Mapping[str, float] | None = None, **kwargs):
             if not teachers:
                 raise ValueError("RoutedDistillationTrainer needs at least one teacher")
             if anchor_kl_coef and anchor_route not in teachers:
@@ -103,6 +106,10 @@ def _trainer_class():
             self.route_names = list(teachers)
             self.anchor_route = anchor_route
             self.anchor_kl_coef = float(anchor_kl_coef)
+            self.route_betas = {name: float(b) for name, b in (route_betas or {}).items()}
+            unknown = sorted(set(self.route_betas) - set(self.route_names))
+            if unknown:
+                raise ValueError(f"route_betas names unknown routes {unknown}; routes are {self.route_names}")
             first = teachers[self.route_names[0]]
             super().__init__(model, first, *args, **kwargs)  # the stock trainer prepares the first teacher
             prepared = {id(first): self.teacher_model}
@@ -142,13 +149,13 @@ def _trainer_class():
             student_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
             student_head = unwrapped_student.get_output_embeddings()
 
-            def divergence(rows, teacher_name):
+            def divergence(rows, teacher_name, beta):
                 teacher_hidden, teacher_head = self._teacher_hidden_states(
                     teacher_name, input_ids[rows], attention_mask[rows], logits_to_keep)
                 # num_items_in_batch=1 returns the raw sum, so routes share one normaliser in `_compute_loss`.
                 return _chunked_divergence_loss(
                     student_hidden[rows], teacher_hidden, student_head.weight, teacher_head.weight, loss_mask[rows],
-                    self.beta, num_items_in_batch=1, student_lm_head_bias=student_head.bias,
+                    beta, num_items_in_batch=1, student_lm_head_bias=student_head.bias,
                     teacher_lm_head_bias=teacher_head.bias, temperature=self.temperature)
 
             out = {}
@@ -156,10 +163,10 @@ def _trainer_class():
                 rows = inputs[ROUTE_COLUMN] == index
                 if not bool(rows.any()):
                     continue
-                total, entropy, tokens = divergence(rows, name)
+                total, entropy, tokens = divergence(rows, name, self.route_betas.get(name, self.beta))
                 out[name] = {"sum": total, "entropy_sum": entropy, "tokens": tokens}
                 if self.anchor_kl_coef and name != self.anchor_route:
-                    out[name]["anchor_sum"] = divergence(rows, self.anchor_route)[0]
+                    out[name]["anchor_sum"] = divergence(rows, self.anchor_route, 1.0)[0]  # reverse KL
             return out
 
         def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):

@@ -143,7 +143,7 @@ def test_replay_covers_the_core_skills_and_the_targets_taught_before(home):
     accuracy_matrix.append_row(home, model, "1", "baseline")
     accuracy_matrix.append_row(home, model, "2", "promoted", target_skill="add")
     accuracy_matrix.append_row(home, model, "3", "rejected", target_skill="mul")  # never taught: not replayed
-    cfg = DistillConfig(steps=5, prompts_per_step=40)
+    cfg = DistillConfig(steps=5, prompts_per_step=40, replay_fraction=0.25, taught_replay_weight=1.0)
     assert replay_skills(cfg, CATALOGUE, "sub", home, model) == [*CORE_SKILLS, "add"]
     # the target itself is taught, not replayed
     assert replay_skills(cfg, CATALOGUE, "add", home, model) == list(CORE_SKILLS)
@@ -157,10 +157,17 @@ def test_replay_covers_the_core_skills_and_the_targets_taught_before(home):
         assert Counter(r["route"] for r in chunk) == {TARGET_ROUTE: 30, ANCHOR_ROUTE: 10}
     replayed = Counter(r["skill"] for r in rows if r["route"] == ANCHOR_ROUTE)
     assert set(replayed) == {*CORE_SKILLS, "add"} and max(replayed.values()) - min(replayed.values()) <= 2
+    # the defaults: half of each step is replay, and a taught skill gets 8 shares against 1 per core skill
+    default = DistillConfig(steps=20, prompts_per_step=64)
+    rows = training_rows(SKILLS["sub"].items("train", 64), default, CATALOGUE, [*CORE_SKILLS, "add"])
+    replayed = Counter(r["skill"] for r in rows if r["route"] == ANCHOR_ROUTE)
+    assert sum(replayed.values()) == 20 * 32
+    assert replayed["add"] == pytest.approx(20 * 32 * 8 / 12, abs=2)
+    assert all(replayed[c] == pytest.approx(20 * 32 / 12, abs=2) for c in CORE_SKILLS)
     # a skill with few train prompts (mul: 528) is repeated rather than refused
     many = DistillConfig(steps=200, prompts_per_step=256)
     mul_rows = training_rows(SKILLS["sub"].items("train", 64), many, CATALOGUE, ["mul"])
-    assert sum(r["skill"] == "mul" for r in mul_rows) == 200 * 64
+    assert sum(r["skill"] == "mul" for r in mul_rows) == many.steps * many.replay_per_step
 
 
 def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, champion, home):
@@ -181,7 +188,8 @@ def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, ch
     assert _versions(registry) == before, "nothing may be registered"
 
 
-def test_untrained_teacher_is_stopped_by_the_initial_kl_guard(tmp_path, champion, home):
+@pytest.mark.parametrize("guard, says", [("reference_nll", "max_reference_nll"), ("kl", "max_initial_kl")])
+def test_untrained_teacher_is_stopped_by_the_step0_guard(tmp_path, champion, home, guard, says):
     from continual_opd import registry
     from continual_opd.modelio import save_model_atomic
     from demo_world.model import build_tiny_model
@@ -193,9 +201,8 @@ def test_untrained_teacher_is_stopped_by_the_initial_kl_guard(tmp_path, champion
     broken = Teacher(model=ModelRef(name="test-teacher", version="902", folder=str(tmp_path / "random")),
                      skill="add", initial_accuracy=0.0, accuracy=0.0, steps=0)
     before = _versions(registry)
-    with pytest.raises(DistillationGuardError, match="reverse KL") as err:
-        distill(make_batch(tmp_path), champion, broken, tiny_cfg(seed=102), CATALOGUE, home)
-    assert "max_initial_kl" in str(err.value)
+    with pytest.raises(DistillationGuardError, match=says):
+        distill(make_batch(tmp_path), champion, broken, tiny_cfg(seed=102, guard=guard), CATALOGUE, home)
     assert _versions(registry) == before, "nothing may be registered"
 
 
@@ -240,8 +247,10 @@ def test_interrupted_run_resumes_and_registers_a_candidate_with_lineage(tmp_path
     # Registered with alias `candidate` and the lineage tags; the folder is complete and loadable.
     version = registry.get_version(TEST_MODEL, candidate.model.version)
     assert str(registry.aliases(TEST_MODEL)[registry.CANDIDATE]) == candidate.model.version
-    expected = {"parent_version": champion.version, "teacher_version": teacher.model.version,
-                "data_digest": batch.digest, "config_hash": cfg.config_hash(), "method": "opd"}
+    expected = {"parent_version": champion.version, "teacher_model": teacher.model.name,
+                "teacher_version": teacher.model.version, "data_digest": batch.digest,
+                "config_hash": cfg.config_hash(), "method": "opd", "cold_target": "false", "lora_rank": "0",
+                "replay_teachers": ""}
     assert {k: version.tags.get(k) for k in expected} == expected
     assert version.tags["code_revision"] and "flow_run_id" in version.tags
     assert candidate.parent_version == champion.version and candidate.method == "opd"
@@ -251,7 +260,8 @@ def test_interrupted_run_resumes_and_registers_a_candidate_with_lineage(tmp_path
     run = registry.client().get_run(candidate.run_id)
     assert run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
     for name in ("train/kl/target", "train/kl/anchor", "train/entropy", "train/completions/mean_length",
-                 "train/tokens_sampled", "step_seconds", "heldout/add_acc", "heldout/copy_acc", "initial_kl/target"):
+                 "train/tokens_sampled", "step_seconds", "heldout/add_acc", "heldout/copy_acc", "initial_kl/target",
+                 "initial/teacher_reference_nll"):
         assert name in run.data.metrics, name
 
     again = distill(batch, champion, teacher, cfg, CATALOGUE, home)  # idempotent: the same version, nothing retrained
@@ -268,3 +278,115 @@ def test_baseline_methods_train_and_register(tmp_path, champion, teacher, home, 
     candidate = distill(make_batch(tmp_path), champion, teacher, cfg, CATALOGUE, home)
     assert candidate.method == method and candidate.metrics["steps"] == 2
     assert registry.get_version(TEST_MODEL, candidate.model.version).tags["method"] == method
+
+
+def test_interpolation_without_the_gates_policy_is_refused_before_training(tmp_path, champion, teacher, home):
+    from continual_opd import registry
+    from tasks.distill import distill
+
+    before = _versions(registry)
+    with pytest.raises(ValueError, match="interpolation_alphas.*selection"):
+        distill(make_batch(tmp_path), champion, teacher, tiny_cfg(interpolation_alphas=[1.0, 0.5]), CATALOGUE, home)
+    assert _versions(registry) == before
+
+
+@pytest.mark.slow
+def test_a_lora_update_and_a_chosen_alpha_register_a_plain_candidate_with_lineage(tmp_path, champion, teacher,
+                                                                                  home):
+    """LoRA trains through TRL's `peft_config`; the adapter is merged, and alpha 0.5 (the largest the stand-in
+    policy passes) is what gets registered, with both in the lineage tags."""
+    import torch
+
+    from continual_opd import registry
+    from continual_opd.modelio import load_model
+    from tasks.distill import distill
+    from tasks.interpolation import Selection
+
+    tried = []
+
+    def accept(metrics):
+        tried.append(metrics)
+        return len(tried) == 2, ()
+
+    cfg = tiny_cfg(lora_rank=4, steps=2, eval_every=2, seed=106, interpolation_alphas=[1.0, 0.5],
+                   selection_items=20)
+    candidate = distill(make_batch(tmp_path), champion, teacher, cfg, CATALOGUE, home,
+                        selection=Selection(accept=accept, gate_suite_size=1000))
+    tags = registry.get_version(TEST_MODEL, candidate.model.version).tags
+    assert tags["lora_rank"] == "4" and tags["alpha"] == "0.5" and candidate.metrics["alpha"] == 0.5
+    folder = registry.local_folder(registry.get_version(TEST_MODEL, candidate.model.version))
+    assert not (folder / "adapter_config.json").exists()
+    trained, _ = load_model(folder, device="cpu")
+    start, _ = load_model(champion.folder, device="cpu")
+    start = start.state_dict()
+    assert set(trained.state_dict()) == set(start)
+    assert any(not torch.equal(v, start[k]) for k, v in trained.state_dict().items())
+
+
+def test_taught_replay_rows_are_scored_by_the_teacher_that_taught_them(tmp_path):
+    """`replay_teachers='own'`: add replay rows go to route taught:add, whose teacher is loaded from the add
+    teacher's folder; core replay stays with the anchor; each route's loss is against its own teacher."""
+    import torch
+
+    from continual_opd.modelio import save_model_atomic
+    from demo_world.model import build_tiny_model
+    from demo_world.tokenizer import build_tokenizer
+    from tasks.distill_config import ANCHOR_ROUTE, TARGET_ROUTE, DistillConfig
+    from tasks.distill_training import routed_trainer
+
+    torch.set_num_threads(1)
+    tok = build_tokenizer()
+    folders = {}
+    for name, seed, sharpen in (("champion", 0, 1.0), ("sub-teacher", 1, 3.0), ("add-teacher", 2, 6.0)):
+        model = build_tiny_model(tok, seed=seed)
+        with torch.no_grad():
+            model.model.norm.weight.mul_(sharpen)
+        folders[name] = save_model_atomic(model, tok, tmp_path / name)
+    champion = ModelRef(name="c", version="1", folder=str(folders["champion"]))
+    sub_teacher = Teacher(model=ModelRef(name="t", version="2", folder=str(folders["sub-teacher"])), skill="sub",
+                          initial_accuracy=0.0, accuracy=0.0, steps=0)
+    cfg = DistillConfig(steps=2, prompts_per_step=24, max_completion_length=4)
+    targets = CATALOGUE["sub"].items("train", 32, seed=1)
+    trainer = routed_trainer(build_tiny_model(tok, seed=0), tok, targets, champion, sub_teacher, cfg, CATALOGUE,
+                             tmp_path / "work", [*CATALOGUE.core, "add"],
+                             own_teachers={"add": str(folders["add-teacher"])})
+    assert trainer.route_names == [TARGET_ROUTE, ANCHOR_ROUTE, "taught:add"]
+    assert trainer.route_betas == {ANCHOR_ROUTE: 1.0, "taught:add": 1.0} and trainer.beta == 0.0
+    for row in trainer.train_dataset:
+        want = TARGET_ROUTE if row["skill"] == "sub" else "taught:add" if row["skill"] == "add" else ANCHOR_ROUTE
+        assert row["route"] == want, row
+    add_teacher = build_tiny_model(tok, seed=2)
+    with torch.no_grad():
+        add_teacher.model.norm.weight.mul_(6.0)
+    for name, tensor in add_teacher.state_dict().items():
+        torch.testing.assert_close(trainer.teachers["taught:add"].state_dict()[name], tensor)
+
+    # Each row's loss is against its own route's teacher: reverse KL on replay routes, forward KL on target rows.
+    student = trainer.model
+    batch = _fixed_batch(tok, [("12-3=", ("9", True)), ("5+6=", ("11", True)), ("rev:ab=", ("ba", True))],
+                         [0, 2, 1])
+    tokens = batch["completion_mask"].sum(-1).float()
+    reverse = {i: _reverse_kl_per_row(student, t, batch)[i] for i, t in
+               ((1, trainer.teachers["taught:add"]), (2, trainer.teachers[ANCHOR_ROUTE]))}
+    for i in (1, 2):
+        loss, _, _ = trainer._compute_loss(student, {k: v[i:i + 1] for k, v in batch.items()}, None)
+        torch.testing.assert_close(loss, reverse[i].detach() / tokens[i], rtol=1e-4, atol=1e-6)
+    wrong = _reverse_kl_per_row(student, trainer.teachers[ANCHOR_ROUTE], batch)[1]
+    assert abs(float(wrong - reverse[1].detach())) / float(reverse[1].detach()) > 0.05, "the add teacher must differ from the anchor"
+    loss, _, _ = trainer._compute_loss(student, {k: v[0:1] for k, v in batch.items()}, None)
+    forward = _forward_kl_per_row(student, trainer.teachers[TARGET_ROUTE], batch)[0]
+    torch.testing.assert_close(loss, forward.detach() / tokens[0], rtol=1e-4, atol=1e-6)
+
+
+def _forward_kl_per_row(student, teacher, batch):
+    """KL(teacher || student) summed over each row's completion tokens, from full logits (TRL's beta = 0)."""
+    import torch
+
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    start = batch["prompt_ids"].size(1) - 1
+    log_s = torch.log_softmax(student(input_ids=ids, attention_mask=attn).logits[:, start:-1].float(), -1)
+    with torch.no_grad():
+        log_t = torch.log_softmax(teacher(input_ids=ids, attention_mask=attn).logits[:, start:-1].float(), -1)
+    per_token = (log_t.exp() * (log_t - log_s)).sum(-1) * batch["completion_mask"]
+    return per_token.sum(-1)
