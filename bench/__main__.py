@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import report
-from bench.continual import continual_markdown
+from bench.continual import continual_markdown, continual_summary_markdown
 from bench.grid import GridConfig, teacher_curve
 from bench.lanes import run_lanes
 from bench.step_efficiency import markdown as step_markdown
@@ -26,6 +26,7 @@ from continual_opd.tracking import code_revision
 QUICK = GridConfig(seeds=(0, 1), steps=10, prompts_per_step=32, teacher_steps=10, teacher_gate_margin=0.0,
                    batch_rows=256, probe_every=5, probe_items=40, kl_prompts=32)
 LANES = 2
+CONTINUAL_SEEDS, QUICK_CONTINUAL_SEEDS = (0, 1, 2), (0,)
 
 
 def main(argv=None) -> int:
@@ -56,9 +57,11 @@ def main(argv=None) -> int:
                                                str(work / "step_efficiency.json")], work / "step-efficiency")],
                          1, log)
     jobs = []
-    if not args.skip_continual:
-        jobs.append(("continual", [py, "-m", "bench.continual", "--out", str(work / "continual.json"),
-                                   *(["--quick"] if args.quick else [])], work / "continual"))
+    seeds = () if args.skip_continual else QUICK_CONTINUAL_SEEDS if args.quick else CONTINUAL_SEEDS
+    for seed in seeds:
+        jobs.append((f"continual seed {seed}", [py, "-m", "bench.continual", "--seed", str(seed), "--out",
+                                                str(work / f"continual-seed{seed}.json"),
+                                                *(["--quick"] if args.quick else [])], work / f"continual-seed{seed}"))
     for seed in cfg.seeds:
         seed_cfg = cfg.model_copy(update={"seeds": (seed,)})
         jobs.append((f"grid seed {seed}", [py, "-m", "bench.grid", "--config", seed_cfg.model_dump_json(), "--out",
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
     for seed in cfg.seeds:
         grid["seeds"] += json.loads((work / f"grid-seed{seed}.json").read_text())["seeds"]
     step_eff = json.loads((work / "step_efficiency.json").read_text())
-    continual = None if args.skip_continual else json.loads((work / "continual.json").read_text())
+    continual = [json.loads((work / f"continual-seed{seed}.json").read_text()) for seed in seeds] or None
     total = time.perf_counter() - started
     results = {"stamp": stamp, "quick": args.quick, "total_seconds": total, "part_seconds": seconds,
                "grid": grid, "step_efficiency": step_eff, "continual": continual}
@@ -121,7 +124,10 @@ def write_results(results: dict, out: Path) -> list[Path]:
         "", "## Step efficiency", "", step_markdown(results["step_efficiency"]),
     ]
     if results["continual"] is not None:
-        parts += ["", "## Continual sequence through the real flow", "", continual_markdown(results["continual"])]
+        parts += ["", "## Continual sequence through the real flow", "",
+                  continual_summary_markdown(results["continual"])]
+        for one in results["continual"]:
+            parts += ["", continual_markdown(one)]
     parts += ["", "## Wall time per part", "", "| part | seconds |", "| --- | ---: |"]
     parts += [f"| {name} | {sec:.0f} |" for name, sec in results["part_seconds"].items()]
     md = out / "results.md"

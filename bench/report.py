@@ -193,7 +193,7 @@ def rl_reference_markdown(grid: dict) -> str:
     return "\n".join(lines)
 
 
-def flat_metrics(grid: dict, step_eff: dict | None, continual: dict | None) -> dict[str, float]:
+def flat_metrics(grid: dict, step_eff: dict | None, continual: list[dict] | None) -> dict[str, float]:
     """Numbers for the MLflow bench run: per method mean across seeds, the step ratios, ACC and BWT."""
     out: dict[str, float] = {}
     for method, row in summarise(grid).items():
@@ -210,8 +210,8 @@ def flat_metrics(grid: dict, step_eff: dict | None, continual: dict | None) -> d
         for key in ("routed_over_stock", "routed_over_irreducible", "stock_over_irreducible", "routed_step_seconds",
                     "stock_step_seconds", "irreducible_seconds"):
             out[f"step_efficiency/{key}"] = step_eff[key]
-    if continual:
+    for one in continual or []:
         for key in ("ACC", "BWT"):
-            if isinstance(continual.get(key), (int, float)):
-                out[f"continual/{key}"] = continual[key]
+            if isinstance(one.get(key), (int, float)):
+                out[f"continual/seed{one.get('seed', 0)}/{key}"] = one[key]
     return out
