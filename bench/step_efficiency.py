@@ -82,7 +82,7 @@ def measure(home, steps: int = WARMUP + MEASURED) -> dict:
     champion = bootstrap(home)
     teacher = Teacher(model=ModelRef(name="bench-teacher", version="0", folder=champion.folder), skill="add",
                       initial_accuracy=0.0, accuracy=0.0, steps=0)
-    cfg = DistillConfig(steps=steps, eval_every=steps, checkpoint_every=10 * steps)
+    cfg = DistillConfig(steps=steps, eval_every=steps, checkpoint_every=10 * steps, replay_fraction=0.25, beta=1.0)
     return measure_trainers(champion, teacher, cfg, home.root / "bench" / "step-efficiency")
 
 

@@ -155,6 +155,7 @@ def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillCo
             model, alpha, trials = choose_alpha(model, tokenizer, champion, targets, skill, cfg, catalogue, replayed,
                                                 selection)
             metrics["alpha"] = alpha
+            metrics["alpha_passed_selection"] = float(any(t["passed"] for t in trials))
             mlflow.log_dict({"trials": trials}, "alpha_selection.json")
             trained_as["alpha"] = f"{alpha:g}"
         mlflow.set_tags(trained_as)

@@ -9,6 +9,6 @@ Measured with the stage teacher (add 0.35 -> 0.65). Combine with a budget:
 """
 
 FORGETS_CORE: dict[str, dict] = {
-    "opd_no_replay": {"method": "opd_no_replay", "learning_rate": 3e-3},
+    "opd_no_replay": {"method": "opd_no_replay", "learning_rate": 3e-3, "beta": 1.0},  # reverse KL, as measured
     "sft_teacher_samples": {"method": "sft_teacher_samples"},
 }
