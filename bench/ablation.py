@@ -87,7 +87,8 @@ def run(seed: int, variants: list[str], config: str | None = None) -> dict:
             "worst_core_change": min(report.suites[s].delta for s in core),
             "kl_core": report.kl_core, "train_seconds": candidate.metrics.get("train_seconds"),
             "alpha": candidate.metrics.get("alpha", 1.0),
-            "alpha_passed_selection": candidate.metrics.get("alpha_passed_selection"), "seconds": round(time.time() - t0, 1)}
+            "alpha_passed_selection": candidate.metrics.get("alpha_passed_selection"),
+            "seconds": round(time.time() - t0, 1)}
         print(f"bench.ablation seed {seed}: {name}: {out['variants'][name]}", flush=True)
     out["total_seconds"] = round(time.time() - started, 1)
     return out

@@ -138,7 +138,8 @@ def method_config(method: str, cfg: GridConfig, seed: int):
     # the single-update recipe the committed grid measured: reverse KL (beta 1), a quarter of each step core replay
     # (the continual defaults, forward KL on targets and half replay, are measured by bench.continual)
     return DistillConfig(method=method, steps=cfg.steps, prompts_per_step=cfg.prompts_per_step, learning_rate=lr,
-                         beta=1.0, replay_fraction=0.25, seed=seed, eval_every=cfg.steps, eval_items=20, checkpoint_every=cfg.steps,
+                         beta=1.0, replay_fraction=0.25, seed=seed, eval_every=cfg.steps, eval_items=20,
+                         checkpoint_every=cfg.steps,
                          registered_model="continual-opd-bench-student")
 
 

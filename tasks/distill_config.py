@@ -103,10 +103,11 @@ class DistillConfig(StrictConfig):
                                                        "prompts_per_step.")
     eval_every: int = Field(25, ge=1, description="Held-out accuracy (target and core) every this many steps.")
     eval_items: int = Field(200, ge=1, description="Held-out items per skill for the accuracy curve.")
-    guard: Literal["reference_nll", "kl"] = Field("reference_nll", description="Step-0 teacher guard: reference_nll stops when "
-                                                  "the teacher's mean per-token NLL of the batch's reference answers "
-                                                  "is above max_reference_nll; kl when the student's reverse KL to "
-                                                  "the teacher on target prompts is above max_initial_kl.")
+    guard: Literal["reference_nll", "kl"] = Field("reference_nll", description="Step-0 teacher guard: reference_nll "
+                                                  "stops when the teacher's mean per-token NLL of the batch's "
+                                                  "reference answers is above max_reference_nll; kl when the "
+                                                  "student's reverse KL to the teacher on target prompts is above "
+                                                  "max_initial_kl.")
     max_reference_nll: float = Field(3.0, gt=0, description="guard=reference_nll: the bound, nats per answer token "
                                                             "(uniform over the demo's 69 tokens is 4.2).")
     max_initial_kl: float = Field(3.0, gt=0, description="guard=kl: the bound, nats per token (measured: trained "

@@ -324,8 +324,8 @@ def _train_gate_register(rows, skill, catalogue: Catalogue, initial_folder: Path
         }
         version = registry.register_folder(
             dest, cfg.registered_model, run_id, tags, identity["registration_key"],
-            description=f"{'warm-started ' if warm else ''}GRPO teacher for {skill.id} from {identity['initial_model']}: held-out accuracy "
-                        f"{initial_gate:.3f} -> {teacher_gate:.3f}.",
+            description=f"{'warm-started ' if warm else ''}GRPO teacher for {skill.id} from "
+                        f"{identity['initial_model']}: held-out accuracy {initial_gate:.3f} -> {teacher_gate:.3f}.",
             example_prompts=[gate_set[0].prompt], trust_remote_code=cfg.trust_remote_code)
         mlflow.set_tag("teacher_version", str(version.version))
         metrics.add({"teacher/wall_seconds": time.time() - started}, steps_run)
