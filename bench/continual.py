@@ -185,12 +185,20 @@ def continual_summary_markdown(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.continual", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="result JSON")
+    parser.add_argument("--out", type=Path, help="result JSON (required unless --summarise)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets: machinery only")
     parser.add_argument("--seed", type=int, default=0, help="seed of every update's teacher and distillation")
+    parser.add_argument("--summarise", nargs="+", type=Path, metavar="RESULT_JSON",
+                        help="print the markdown of earlier runs' results, one per seed (no training)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="flow parameter override for every update (as `continual-opd run --set`), repeatable")
     args = parser.parse_args(argv)
+    if args.summarise:
+        results = [json.loads(p.read_text()) for p in args.summarise]
+        print("\n\n".join([continual_summary_markdown(results), *map(continual_markdown, results)]))
+        return 0
+    if args.out is None:
+        parser.error("--out is required (unless --summarise)")
     home = current_home()
     if home.mlflow_db.exists() or any(home.models.glob("*")):  # importing the package creates prefect/ only
         print(f"error: the home {home.root} has a registry already; the sequence needs a fresh one (set "
