@@ -13,6 +13,7 @@
 from pathlib import Path
 
 from bench.gpu_world import Sizes, load_world
+from bench.grid import SINGLE_UPDATE
 from bench.step_efficiency import measure_trainers, peak_memory, time_routed
 from continual_opd import registry
 from continual_opd.batch_io import load_batch
@@ -36,8 +37,9 @@ def check_config(sizes: Sizes) -> DistillConfig:
     """The precision check's distillation settings, the same for both arms."""
     return DistillConfig(steps=sizes.check_steps, prompts_per_step=sizes.check_prompts, learning_rate=CHECK_LR,
                          lr_schedule="constant", eval_every=sizes.check_steps, eval_items=sizes.accuracy_items,
-                         checkpoint_every=10 * sizes.check_steps, registered_model="bench-gpu-student",
-                         max_initial_kl=50.0)  # a supervised teacher is sharper than an RL one; no guard measured
+                         checkpoint_every=10 * sizes.check_steps, registered_model="bench-gpu-student", **SINGLE_UPDATE,
+                         # no guard was measured on this world's supervised teacher (the CPU smoke's is barely trained)
+                         max_initial_kl=50.0, max_reference_nll=50.0)
 
 
 def weight_change(before: dict, after: dict) -> dict[str, float]:
@@ -141,7 +143,8 @@ def steps_part(work: Path, sizes: Sizes, shape: str) -> dict:
     world, champion, teacher, _ = load_world(work)
     prompts, tokens = sizes.short if shape == "short" else sizes.long
     cfg = DistillConfig(steps=sizes.warmup_steps + sizes.measured_steps, prompts_per_step=prompts,
-                        max_completion_length=tokens, learning_rate=1e-5, eval_every=1000, checkpoint_every=1000)
+                        max_completion_length=tokens, learning_rate=1e-5, eval_every=1000, checkpoint_every=1000,
+                        **SINGLE_UPDATE)
     return measure_trainers(champion, teacher, cfg, work / f"steps-{shape}", ComputeConfig(rollouts="generate"),
                             full_length=shape == "long", warmup=sizes.warmup_steps)
 
@@ -156,7 +159,8 @@ def vllm_part(work: Path, sizes: Sizes) -> dict:
     world, champion, teacher, _ = load_world(work)
     prompts, tokens = sizes.long
     cfg = DistillConfig(steps=sizes.warmup_steps + sizes.measured_steps, prompts_per_step=prompts,
-                        max_completion_length=tokens, learning_rate=1e-5, eval_every=1000, checkpoint_every=1000)
+                        max_completion_length=tokens, learning_rate=1e-5, eval_every=1000, checkpoint_every=1000,
+                        **SINGLE_UPDATE)
     _, seconds, split, memory = time_routed(champion, teacher, cfg, work / "vllm", compute, length=tokens)
     steps = seconds[sizes.warmup_steps:]
     return {"routed_step_seconds": sorted(steps)[len(steps) // 2], "routed_split": split.summary(seconds,

@@ -26,6 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
+from bench.grid import SINGLE_UPDATE
 from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig, bf16_autocast
 from continual_opd.home import current_home, prepare_stores
 from continual_opd.modelio import load_model, pick_device
@@ -82,7 +83,7 @@ def measure(home, steps: int = WARMUP + MEASURED) -> dict:
     champion = bootstrap(home)
     teacher = Teacher(model=ModelRef(name="bench-teacher", version="0", folder=champion.folder), skill="add",
                       initial_accuracy=0.0, accuracy=0.0, steps=0)
-    cfg = DistillConfig(steps=steps, eval_every=steps, checkpoint_every=10 * steps, replay_fraction=0.25, beta=1.0)
+    cfg = DistillConfig(steps=steps, eval_every=steps, checkpoint_every=10 * steps, **SINGLE_UPDATE)
     return measure_trainers(champion, teacher, cfg, home.root / "bench" / "step-efficiency")
 
 
