@@ -21,10 +21,12 @@ and the lineage tags (`parent_version`, `teacher_model`, `teacher_version`, `dat
 
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 
 from continual_opd import accuracy_matrix, registry
+from continual_opd.registry import RegistryError
 from continual_opd.batch_io import load_batch
 from continual_opd.compat import IncompatibleModels, check_distillable
 from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig, training_precision
@@ -40,6 +42,7 @@ from tasks.distill_training import train_candidate
 from tasks.interpolation import Selection, select_alpha
 
 STAGE = "distill"
+log = logging.getLogger(__name__)
 REPORT_FILE = "distill_report.json"
 
 
@@ -95,18 +98,28 @@ def replay_skills(cfg: DistillConfig, catalogue: Catalogue, target: str, home: H
 
 
 def taught_teachers(home: Home, model_name: str, replayed: Sequence[str]) -> dict[str, str]:
-    """Replayed skill -> (registered model, version) of the teacher of the latest promoted update that taught it.
+    """Replayed skill -> `model/version` of the registered teacher of the latest promoted update that taught it.
 
     Lineage: the accuracy matrix's promoted rows -> the candidate version's `teacher_model`/`teacher_version`
-    tags (versions registered before `teacher_model` existed used the default teacher model).
+    tags (versions registered before `teacher_model` existed used the default teacher model). A skill whose
+    teacher the registry no longer has (deleted, or trained outside the flow) is replayed against the champion,
+    with a warning: an update must not fail because an earlier teacher is gone.
     """
     out: dict[str, str] = {}
     for row in accuracy_matrix.load(home, model_name)["rows"]:
         if row["event"] != "promoted" or row["target_skill"] not in replayed:
             continue
-        tags = registry.get_version(model_name, row["version"]).tags
-        if tags.get("teacher_version"):
-            out[row["target_skill"]] = f"{tags.get('teacher_model', registry.TEACHER_MODEL)}/{tags['teacher_version']}"
+        try:
+            tags = registry.get_version(model_name, row["version"]).tags
+            if not tags.get("teacher_version"):
+                continue
+            ref = f"{tags.get('teacher_model', registry.TEACHER_MODEL)}/{tags['teacher_version']}"
+            registry.get_version(*ref.rsplit("/", 1))
+        except RegistryError as exc:
+            log.warning(f"replaying {row['target_skill']} against the champion, not its own teacher: {exc}")
+            out.pop(row["target_skill"], None)
+            continue
+        out[row["target_skill"]] = ref
     return out
 
 

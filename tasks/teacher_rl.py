@@ -48,7 +48,6 @@ from tasks.rewards import RewardFunction, exact_match, format_reward
 from tasks.teacher_warm_start import warm_start
 
 STAGE = "teacher_rl"
-MIN_HELDOUT = 20  # fewer held-out items per set make the teacher gate a coin toss
 REGISTRY_PREFIX = "registry:"
 
 
@@ -348,9 +347,9 @@ def heldout_sets(skill, rows, cfg: TeacherConfig):
     clean = [it for it in drawn if it.prompt not in trained]
     n_eval = cfg.eval_items if len(drawn) >= asked else len(clean) * cfg.eval_items // asked
     eval_set, gate_set = clean[:n_eval], clean[n_eval:n_eval + cfg.gate_items]
-    if len(eval_set) < MIN_HELDOUT or len(gate_set) < MIN_HELDOUT:
+    if not eval_set or not gate_set:
         raise ValueError(f"skill {skill.id!r} has {len(clean)} held-out items that the batch does not train on "
-                         f"({len(drawn) - len(clean)} of {len(drawn)} drawn are batch prompts); the teacher stage "
-                         f"needs at least {MIN_HELDOUT} for selection and {MIN_HELDOUT} for its gate. Take the "
-                         "batch's rows from the train split, or declare more held-out items")
+                         f"({len(drawn) - len(clean)} of {len(drawn)} drawn are batch prompts): too few to both "
+                         "choose the teacher's checkpoint and gate it. Take the batch's rows from the train split, "
+                         "or declare more held-out items")
     return eval_set, gate_set, len(drawn) - len(clean)

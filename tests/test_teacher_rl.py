@@ -93,8 +93,8 @@ def test_a_skill_with_few_heldout_prompts_splits_what_it_has():
     eval_set, gate_set, _ = heldout_sets(add, [], TeacherConfig())
     assert (len(eval_set), len(gate_set)) == (200, 400), "a skill with enough prompts gets what was asked"
     every = mul.items("heldout", 192)
-    with pytest.raises(ValueError, match="at least 20.*train split"):
-        heldout_sets(mul, every[:180], TeacherConfig())  # a batch made of the held-out prompts
+    with pytest.raises(ValueError, match="too few.*train split"):
+        heldout_sets(mul, every[1:], TeacherConfig())  # a batch made of the held-out prompts
 
 
 def test_gate_rejects_a_teacher_that_did_not_improve(add_batch, champion, home):
