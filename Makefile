@@ -30,7 +30,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# The benchmark behind the README's claims (about 21 min on 2 CPU cores; at most 30); writes docs/bench/ and an MLflow bench run.
+# The benchmark behind the README's claims: 3 seeds of the grid and 3 of the continual sequence, two processes at a time
+# (estimated 50-60 min on 2 CPU cores: the sequence alone measured 24-29 min a seed); writes docs/bench/ and an MLflow run.
 bench: $(STAMP)
 	$(PY) -m bench --out docs/bench
 

@@ -37,6 +37,7 @@ from tasks.distill_config import ANCHOR_ROUTE, TARGET_ROUTE, TAUGHT_ROUTE, Disti
 from tasks.rewards import exact_match
 
 GUARD_PROBE_PROMPTS = 64  # target prompts sampled for the step-0 KL guard (fewer make the mean noisy)
+GUARD_BATCH = 8  # reference answers per forward: full-vocabulary logits of long answers on a real model are large
 
 
 def training_rows(targets, cfg: DistillConfig, catalogue: Catalogue,
@@ -152,7 +153,8 @@ def guard(trainer, tokenizer, targets, skill, teacher, cfg: DistillConfig, resum
     probe = list(itertools.islice(targets_first, GUARD_PROBE_PROMPTS))
     initial_kl = trainer.measure_route_kl(probe)[TARGET_ROUTE]
     reference = answer_nll(trainer.teachers[TARGET_ROUTE], tokenizer,
-                           [(it.prompt, it.answer) for it in targets[:GUARD_PROBE_PROMPTS]])
+                           [(it.prompt, it.answer) for it in targets[:GUARD_PROBE_PROMPTS]],
+                           batch_size=GUARD_BATCH)
     who = f"the teacher ({teacher.model.name} v{teacher.model.version}, {teacher.model.folder})"
     if not resuming and cfg.guard == "reference_nll" and reference > cfg.max_reference_nll:
         raise DistillationGuardError(
