@@ -117,9 +117,11 @@ def ablation_markdown(results: list[dict]) -> str:
         if not rows:
             continue
         worst_ci = min((row["add_ci_low"] for row in rows if row["add_ci_low"] is not None), default=None)
-        alphas = {row.get("alpha", 1.0) for row in rows}
-        label = name + (f" (alpha chosen: {', '.join(f'{a:g}' for a in sorted(alphas))})" if name ==
-                        "alpha_selection" else "")
+        label = name
+        if name == "alpha_selection":
+            chosen = ", ".join(f"{row.get('alpha', 1.0):g}" + ("" if row.get("alpha_passed_selection") else
+                                                                 " (none passed)") for row in rows)
+            label += f" (alpha per seed: {chosen})"
         lines.append(f"| {label} | {cell([r['sub_gain'] for r in rows])} | {cell([r['add_change'] for r in rows])} | "
                      f"{'-' if worst_ci is None else f'{100 * worst_ci:+.1f}'} | "
                      f"{cell([r['worst_core_change'] for r in rows])} | "
