@@ -97,15 +97,15 @@ def replay_skills(cfg: DistillConfig, catalogue: Catalogue, target: str, home: H
     return [s for s in dict.fromkeys([*catalogue.core, *taught]) if s != target]
 
 
-def taught_teachers(home: Home, model_name: str, replayed: Sequence[str]) -> dict[str, str]:
-    """Replayed skill -> `model/version` of the registered teacher of the latest promoted update that taught it.
+def taught_teachers(home: Home, model_name: str, replayed: Sequence[str]) -> dict:
+    """Replayed skill -> the registered teacher version (MLflow) of the latest promoted update that taught it.
 
     Lineage: the accuracy matrix's promoted rows -> the candidate version's `teacher_model`/`teacher_version`
     tags (versions registered before `teacher_model` existed used the default teacher model). A skill whose
     teacher the registry no longer has (deleted, or trained outside the flow) is replayed against the champion,
     with a warning: an update must not fail because an earlier teacher is gone.
     """
-    out: dict[str, str] = {}
+    out: dict = {}
     for row in accuracy_matrix.load(home, model_name)["rows"]:
         if row["event"] != "promoted" or row["target_skill"] not in replayed:
             continue
@@ -113,37 +113,35 @@ def taught_teachers(home: Home, model_name: str, replayed: Sequence[str]) -> dic
             tags = registry.get_version(model_name, row["version"]).tags
             if not tags.get("teacher_version"):
                 continue
-            ref = f"{tags.get('teacher_model', registry.TEACHER_MODEL)}/{tags['teacher_version']}"
-            registry.get_version(*ref.rsplit("/", 1))
+            out[row["target_skill"]] = registry.get_version(tags.get("teacher_model", registry.TEACHER_MODEL),
+                                                            tags["teacher_version"])
         except RegistryError as exc:
             log.warning(f"replaying {row['target_skill']} against the champion, not its own teacher: {exc}")
             out.pop(row["target_skill"], None)
-            continue
-        out[row["target_skill"]] = ref
     return out
 
 
-def teacher_folders(own: dict[str, str]) -> dict[str, str]:
-    """Skill -> local folder of each teacher named `model/version` by `taught_teachers`."""
-    return {skill: str(registry.local_folder(registry.get_version(*ref.rsplit("/", 1)))) for skill, ref in own.items()}
+def teacher_refs(own: dict) -> dict[str, str]:
+    """Skill -> `model/version` of each teacher found by `taught_teachers` (the key and the lineage tag)."""
+    return {skill: f"{version.name}/{version.version}" for skill, version in own.items()}
 
 
 def candidate_key(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, cfg: DistillConfig,
                   catalogue: Catalogue, replayed: Sequence[str] = (), precision: str = "fp32",
-                  own: dict[str, str] | None = None) -> str:
+                  own: dict | None = None) -> str:
     """The registration key: same champion, teacher, data, settings, replayed skills (and their own teachers) and
     training precision (resolved: fp32 or bf16-mixed): the same candidate."""
     extra = [s for s in replayed if s not in catalogue.core]  # core-only replay keeps the keys it always had
     blob = json.dumps([champion.name, champion.version, teacher.model.name, teacher.model.version, batch.skill,
                        batch.digest, cfg.config_hash(), *([extra] if extra else []),
                        *([precision] if precision != "fp32" else []),  # fp32 (every CPU run) keeps its keys
-                       *([sorted(own.items())] if own else [])])
+                       *([sorted(teacher_refs(own).items())] if own else [])])
     return f"distill:{batch.skill}:{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
 def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillConfig, catalogue: Catalogue,
                         home: Home, key: str, parent_run_id, extra_callbacks, replayed: Sequence[str],
-                        compute: ComputeConfig, own: dict[str, str], selection: Selection | None) -> object:
+                        compute: ComputeConfig, own: dict, selection: Selection | None) -> object:
     import mlflow
 
     short = key.split(":")[-1][:16]
@@ -161,8 +159,9 @@ def _train_and_register(targets, skill, batch, champion, teacher, cfg: DistillCo
                            "registration_key": key, **compute_params(compute)})
         logger = MetricBuffer(run.info.run_id)
         model, tokenizer, metrics = train_candidate(targets, skill, champion, teacher, cfg, catalogue, work, logger,
-                                                    extra_callbacks, replayed, compute, teacher_folders(own))
-        trained_as = {"replay_teachers": ",".join(f"{s}={ref}" for s, ref in own.items()),
+                                                    extra_callbacks, replayed, compute,
+                                                    {s: str(registry.local_folder(v)) for s, v in own.items()})
+        trained_as = {"replay_teachers": ",".join(f"{s}={ref}" for s, ref in teacher_refs(own).items()),
                       "cold_target": str(bool(metrics.get("cold_target"))).lower(), "lora_rank": str(cfg.lora_rank)}
         if cfg.interpolation_alphas != [1.0]:
             model, alpha, trials = choose_alpha(model, tokenizer, champion, targets, skill, cfg, catalogue, replayed,

@@ -9,6 +9,7 @@ would bias the gate.
 """
 
 import copy
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from continual_opd.records import EvalReport
 from continual_opd.skills import Catalogue, Item
 from tasks.evaluate import EvalConfig, compare
 
+logger = logging.getLogger(__name__)
 SELECTION_EVAL = EvalConfig(bootstrap_resamples=2000, kl_prompts=256)  # the gate's statistics, cheaper resampling
 
 # metrics of one candidate on the selection split -> (passes the policy, reasons)
@@ -41,7 +43,7 @@ def interpolate(champion_state: Mapping, student_state: Mapping, alpha: float) -
 
 
 def select_alpha(student, champion, tokenizer, alphas: Sequence[float], suites: Mapping[str, list[Item]],
-                 catalogue: Catalogue, accept: Selector, log=print) -> tuple[object, float, list[dict]]:
+                 catalogue: Catalogue, accept: Selector, log=None) -> tuple[object, float, list[dict]]:
     """The model of the largest alpha whose selection results pass `accept`, that alpha, and every trial's record.
 
     `student` and `champion` are loaded models of one architecture; suites with no items are left out.
@@ -62,7 +64,7 @@ def select_alpha(student, champion, tokenizer, alphas: Sequence[float], suites: 
         trials.append({"alpha": alpha, "passed": passed, "reasons": list(reasons),
                        **{k: v for k, v in metrics.items() if k.endswith(("/candidate_acc", "/delta_ci_low"))},
                        "drift/kl_core": kl_core})
-        log(f"alpha {alpha:g}: {'passes' if passed else 'fails'} the policy on the selection split")
+        (log or logger.info)(f"alpha {alpha:g}: {'passes' if passed else 'fails'} the policy on the selection split")
         if passed:
             return model, alpha, trials
     return student, 1.0, trials
