@@ -29,7 +29,9 @@ def stack(champion, tmp_path_factory):
 
     port = free_port()
     prefect_home = tmp_path_factory.mktemp("prefect-server-home")
-    env = {"PREFECT_HOME": str(prefect_home), "PWD": str(ROOT)}
+    # One torch thread in the worker's flow runs: beside the server, this test and Chromium, two threads on the
+    # 2-core CI machine oversubscribe the cores and training slows several times over.
+    env = {"PREFECT_HOME": str(prefect_home), "PWD": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs, api = start_prefect_stack(port, env=env, log_dir=prefect_home)
     try:
         yield {"port": port, "api": api, "env": {**os.environ, **env, "PREFECT_API_URL": api}, "logs": prefect_home}
@@ -101,7 +103,7 @@ def test_prefect_ui_shows_a_running_updates_progress(stack, home):
     browser = chromium()
     batch = write_jsonl(CATALOGUE["add"].items("train", 256, seed=4343), home.inbox / "server-progress.jsonl")
     smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
-    teacher = {**smoke["teacher"], "steps": 60, "early_stop_accuracy": 1.0}  # long enough to be seen running (~30 s)
+    teacher = {**smoke["teacher"], "steps": 24, "early_stop_accuracy": 1.0}  # long enough to be seen running (~30 s)
     params = {"params": {**smoke, "teacher": teacher, "batch": str(batch)}}
     started = _prefect(stack, "deployment", "run", "continual-update/manual", "--params", json.dumps(params))
     assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
@@ -126,7 +128,7 @@ def test_prefect_ui_shows_a_running_updates_progress(stack, home):
                             ARTIFACTS / "prefect-progress-artifact.png")
     shown = re.search(r"Progress: ([\d.]+)%", artifact_page)
     assert shown and 0 < float(shown.group(1)) <= 100, artifact_page[-2000:]
-    assert re.search(r"teacher-rl: \d+/60 \(\d+%\)", artifact_page), "the description is the stage's progress line"
+    assert re.search(r"teacher-rl: \d+/24 \(\d+%\)", artifact_page), "the description is the stage's progress line"
 
     while _api(stack, f"/flow_runs/{run_id}")["state"]["type"] not in ("FAILED", "CRASHED", "COMPLETED",
                                                                          "CANCELLED"):
