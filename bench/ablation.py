@@ -94,11 +94,28 @@ def run(seed: int, variants: list[str], config: str | None = None) -> dict:
     return out
 
 
+def merge_seeds(results: list[dict]) -> list[dict]:
+    """One result per seed: the variants of a seed that ran in several homes (`--variants`) are put together.
+
+    The parts must share the seed's `add` champion and `sub` teacher (the seed makes them); parts that do not
+    were not the same experiment, and are refused.
+    """
+    merged: dict[int, dict] = {}
+    for result in results:
+        seed = merged.setdefault(result["seed"], {"seed": result["seed"], "teacher": result["teacher"],
+                                                  "variants": {}})
+        if result["teacher"] != seed["teacher"]:
+            raise ValueError(f"seed {result['seed']}: the parts have different sub teachers ({seed['teacher']} and "
+                             f"{result['teacher']}), so they are not one experiment")
+        seed["variants"].update(result["variants"])
+    return [merged[s] for s in sorted(merged)]
+
+
 def ablation_markdown(results: list[dict]) -> str:
-    """Per variant, over the seeds: mean (and range) of each number; `n` seeds whose add update was promoted."""
+    """Per variant, over the seeds: mean (and range) of each number, and the worst seed's add CI low."""
     import statistics
 
-    done = [r for r in results if r.get("variants")]
+    done = [r for r in merge_seeds(results) if r.get("variants")]
     lines = [f"Seeds {', '.join(str(r['seed']) for r in done)} (sub teacher gain, points: "
              + ", ".join(f"{100 * (r['teacher']['accuracy'] - r['teacher']['initial_accuracy']):+.1f}" for r in done)
              + "). Mean over the seeds, [min, max] in brackets.", "",
@@ -145,7 +162,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny budgets (configs/smoke.yaml): machinery only")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     parser.add_argument("--summarise", nargs="+", type=Path, metavar="RESULT_JSON",
-                        help="print the markdown table of earlier runs' results (no training)")
+                        help="print the markdown table of earlier runs' results (no training); the parts of a seed "
+                             "run with --variants in several homes are merged")
     args = parser.parse_args(argv)
     if args.summarise:
         print(ablation_markdown([json.loads(p.read_text()) for p in args.summarise]))

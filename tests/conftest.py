@@ -20,6 +20,9 @@ os.environ.pop("PREFECT_API_URL", None)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import continual_opd  # noqa: E402,F401  (applies the offline defaults before anything else imports)
+from tests.helpers.threads import TORCH_THREADS, limit_native_threads  # noqa: E402
+
+limit_native_threads()  # before torch is first imported
 
 
 @pytest.fixture(scope="session")
@@ -79,5 +82,5 @@ def champion(home, base_folder):
 def torch_threads():
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     yield

@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from bench import report
 
 
@@ -45,3 +47,23 @@ def test_off_policy_tokens_are_the_teachers_samples_spread_over_the_steps():
 
 def test_no_room_to_gain_gives_nan_not_a_division_error():
     assert math.isnan(report.gain(point(10, 0.5, 0), point(0, 0.5, 0), teacher_acc=0.5))
+
+
+def _ablation_part(seed, teacher_accuracy, **variants):
+    row = dict(sub_gain=0.3, add_change=-0.01, add_ci_low=-0.02, worst_core_change=0.0, kl_core=1e-4,
+               train_seconds=100.0)
+    return {"seed": seed, "teacher": {"initial_accuracy": 0.1, "accuracy": teacher_accuracy},
+            "variants": {name: {**row, **values} for name, values in variants.items()}}
+
+
+def test_the_ablation_table_merges_a_seed_run_in_parts_and_refuses_parts_of_different_teachers():
+    from bench.ablation import ablation_markdown
+
+    parts = [_ablation_part(2, 0.5, before={"add_change": -0.2}), _ablation_part(0, 0.4, before={"add_change": -0.1}),
+             _ablation_part(2, 0.5, combination={"add_change": 0.0})]
+    table = ablation_markdown(parts)
+    assert table.startswith("Seeds 0, 2 (sub teacher gain, points: +30.0, +40.0)")
+    assert "| before | +30.0 [+30.0, +30.0] | -15.0 [-20.0, -10.0] |" in table
+    assert "| combination | +30.0 | +0.0 |" in table, "seed 2's second part is seed 2's, not a third seed"
+    with pytest.raises(ValueError, match="different sub teachers"):
+        ablation_markdown([*parts, _ablation_part(2, 0.6, own_teachers={})])

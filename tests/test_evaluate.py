@@ -14,6 +14,7 @@ from continual_opd.records import Candidate, ModelRef
 from continual_opd.suites import build_suites, suite_names
 from demo_world.skills import CATALOGUE
 from tasks.evaluate import EvalConfig, evaluate, kl_drift, sample_from_champion, token_kl
+from tests.helpers.threads import TORCH_THREADS
 
 CFG = EvalConfig(suite_size=60, bootstrap_resamples=2000, kl_prompts=48, batch_size=128)
 
@@ -62,7 +63,7 @@ def report(setup, home, torch_threads_module):
 def torch_threads_module():
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
 
 
 def read_items(path):
