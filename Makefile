@@ -26,11 +26,13 @@ demo: $(STAMP)
 
 # Two pytest-xdist workers, one per core of the 2-core CI machine; a test file stays on one worker (its servers
 # and fixtures are shared by its tests), and each worker trains with one torch thread (tests/helpers/threads.py).
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+	$(PYTEST) --durations=15
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The benchmark behind the README's claims: 3 seeds of the grid and 3 of the continual sequence, two processes at a time
 # (estimated 50-60 min on 2 CPU cores: the sequence alone measured 24-29 min a seed); writes docs/bench/ and an MLflow run.

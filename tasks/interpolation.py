@@ -43,7 +43,7 @@ def interpolate(champion_state: Mapping, student_state: Mapping, alpha: float) -
 
 
 def select_alpha(student, champion, tokenizer, alphas: Sequence[float], suites: Mapping[str, list[Item]],
-                 catalogue: Catalogue, accept: Selector, log=None) -> tuple[object, float, list[dict]]:
+                 catalogue: Catalogue, accept: Selector) -> tuple[object, float, list[dict]]:
     """The model of the largest alpha whose selection results pass `accept`, that alpha, and every trial's record.
 
     `student` and `champion` are loaded models of one architecture; suites with no items are left out.
@@ -64,7 +64,7 @@ def select_alpha(student, champion, tokenizer, alphas: Sequence[float], suites: 
         trials.append({"alpha": alpha, "passed": passed, "reasons": list(reasons),
                        **{k: v for k, v in metrics.items() if k.endswith(("/candidate_acc", "/delta_ci_low"))},
                        "drift/kl_core": kl_core})
-        (log or logger.info)(f"alpha {alpha:g}: {'passes' if passed else 'fails'} the policy on the selection split")
+        logger.info(f"alpha {alpha:g}: {'passes' if passed else 'fails'} the policy on the selection split")
         if passed:
             return model, alpha, trials
     return student, 1.0, trials

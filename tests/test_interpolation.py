@@ -49,8 +49,7 @@ def test_the_largest_alpha_whose_selection_results_pass_is_chosen():
         seen.append(dict(metrics))
         return len(seen) == 3, () if len(seen) == 3 else ("suite add regressed",)
 
-    model, alpha, trials = select_alpha(student, champion, tok, [0.25, 1.0, 0.5, 0.75], suites, CATALOGUE, accept,
-                                        log=lambda _: None)
+    model, alpha, trials = select_alpha(student, champion, tok, [0.25, 1.0, 0.5, 0.75], suites, CATALOGUE, accept)
     assert [t["alpha"] for t in trials] == [1.0, 0.75, 0.5], "largest first, stopping at the first that passes"
     assert alpha == 0.5 and [t["passed"] for t in trials] == [False, False, True]
     assert {"add/delta_ci_low", "copy/delta_ci_low", "drift/kl_core"} <= set(seen[0]), "the gate's own metrics"
@@ -60,6 +59,5 @@ def test_the_largest_alpha_whose_selection_results_pass_is_chosen():
     for name, tensor in student.state_dict().items():  # the trained student itself is left as it was
         assert torch.equal(tensor, student_state[name])
 
-    never = select_alpha(student, champion, tok, [1.0, 0.5], suites, CATALOGUE, lambda m: (False, ("no",)),
-                         log=lambda _: None)
+    never = select_alpha(student, champion, tok, [1.0, 0.5], suites, CATALOGUE, lambda m: (False, ("no",)))
     assert never[1] == 1.0 and never[0] is student, "nothing passes: the trained student goes to the gate as is"
