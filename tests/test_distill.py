@@ -172,6 +172,32 @@ def test_replay_covers_the_core_skills_and_the_targets_taught_before(home):
     assert sum(r["skill"] == "mul" for r in mul_rows) == many.steps * many.replay_per_step
 
 
+def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_taught_skills():
+    """The cold-target rule: `cold_target_steps` steps and `cold_target_replay_fraction` of each step replay, never
+    less replay than configured, none when the update is configured without it; the held-out curve covers the
+    target, the core skills and each replayed taught skill."""
+    from collections import Counter
+
+    from demo_world.skills import CORE_SKILLS, SKILLS
+    from tasks.distill_config import ANCHOR_ROUTE, DistillConfig
+    from tasks.distill_training import cold_target, cold_target_settings, curve_skills, training_rows
+
+    cfg = DistillConfig(prompts_per_step=64)
+    assert cold_target(cfg, 0.0) and not cold_target(cfg, cfg.cold_target_below)
+    cold = cold_target_settings(cfg)
+    assert cold.steps == cfg.cold_target_steps and cold.replay_fraction == cfg.cold_target_replay_fraction
+    assert cfg.cold_target_replay_fraction > cfg.replay_fraction
+    assert cold_target_settings(cfg.model_copy(update={"replay_fraction": 0.8})).replay_fraction == 0.8
+    assert cold_target_settings(cfg.model_copy(update={"replay_fraction": 0.0})).replay_fraction == 0.0
+    few = cold.model_copy(update={"steps": 3})
+    rows = training_rows(SKILLS["mul"].items("train", 64), few, CATALOGUE, [*CORE_SKILLS, "add", "sub"])
+    for step in range(few.steps):
+        routes = Counter(r["route"] for r in rows[step * 64:(step + 1) * 64])
+        assert routes[ANCHOR_ROUTE] == round(64 * cfg.cold_target_replay_fraction) == 40
+    assert curve_skills(CATALOGUE, "mul", [*CORE_SKILLS, "add", "sub"]) == ["mul", *CORE_SKILLS, "add", "sub"]
+    assert curve_skills(CATALOGUE, "add", list(CORE_SKILLS)) == ["add", *CORE_SKILLS]
+
+
 def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, champion, home):
     from continual_opd import registry
     from continual_opd.modelio import save_model_atomic

@@ -43,6 +43,7 @@ def test_a_warm_started_teacher_passes_the_guard_that_stops_an_untrained_one(tmp
     candidate = distill(batch, champion, teacher, distill_cfg, CATALOGUE, home)
     assert candidate.metrics["initial/teacher_reference_nll"] <= distill_cfg.max_reference_nll
     assert candidate.metrics["cold_target"] == 1.0 and candidate.metrics["steps"] == 2
+    assert candidate.metrics["replay_fraction"] == distill_cfg.cold_target_replay_fraction
     # the old step-0 KL guard measured this teacher too and would have stopped it (measured: 4.5 nats against a
     # bound of 3): a confident teacher of a skill the student lacks is far from the student's own samples
     assert candidate.metrics["initial_kl/target"] > distill_cfg.max_initial_kl
