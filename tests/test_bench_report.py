@@ -67,3 +67,21 @@ def test_the_ablation_table_merges_a_seed_run_in_parts_and_refuses_parts_of_diff
     assert "| combination | +30.0 | +0.0 |" in table, "seed 2's second part is seed 2's, not a third seed"
     with pytest.raises(ValueError, match="different sub teachers"):
         ablation_markdown([*parts, _ablation_part(2, 0.6, own_teachers={})])
+
+
+def test_the_cold_target_table_gives_each_variants_share_of_the_teachers_gain_and_its_gate_verdict():
+    from bench.cold_target import cold_target_markdown
+
+    def suite(champion, candidate, ci_low):
+        return {"champion": champion, "candidate": candidate, "delta": candidate - champion, "ci_low": ci_low}
+
+    result = {"seed": 0, "teacher": {"version": "3", "initial_accuracy": 0.0, "accuracy": 0.40},
+              "variants": {"default": {"passes_gate_policy": True, "suites": {
+                  "mul": suite(0.0, 0.10, 0.06), "add": suite(0.93, 0.924, -0.018),
+                  "sub": suite(0.277, 0.271, -0.026)}},
+                  "half_replay": {"passes_gate_policy": False, "suites": {
+                      "mul": suite(0.0, 0.12, 0.07), "add": suite(0.93, 0.918, -0.025),
+                      "sub": suite(0.277, 0.254, -0.045)}}}}
+    table = cold_target_markdown([result]).splitlines()
+    assert table[2] == "| half_replay | 0 | 0.0 -> 12.0 (0.30) | -1.2 (-2.5) | -2.3 (-4.5) | fails |"
+    assert table[3] == "| default | 0 | 0.0 -> 10.0 (0.25) | -0.6 (-1.8) | -0.6 (-2.6) | passes |"
