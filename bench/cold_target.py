@@ -12,7 +12,7 @@ sequence's own settings reproduces the sequence's result.
 Each variant is evaluated against that champion by the gate's evaluation, and checked against the gate's policy
 (`gates.promotion.policy_check`); nothing is promoted. The home's `candidate` alias moves, the champion does not.
 
-    python -m bench.cold_target --sequence SEQ.json --out FILE.json [--variants a,b,...]
+    CONTINUAL_OPD_HOME=<its home> python -m bench.cold_target --sequence SEQ.json --out FILE.json [--variants a,b]
     python -m bench.cold_target --summarise FILE.json [FILE.json ...]
 
 SEQ.json is a `bench.continual` result; its home must still exist. Runs on one thread.
@@ -20,7 +20,6 @@ SEQ.json is a `bench.continual` result; its home must still exist. Runs on one t
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,15 +37,14 @@ from tasks.evaluate import evaluate
 from tasks.teacher_rl import train_teacher
 
 SKILL = "mul"
-HALF = {"cold_target_replay_fraction": 0.5}  # the rule before cold targets replayed more
 VARIANTS: dict[str, dict] = {
-    "half_replay": HALF,
     "default": {},
-    "three_quarters_replay": {"cold_target_replay_fraction": 0.75},
-    "champion_scored": {**HALF, "replay_teachers": "champion"},
-    "lr_5e-4": {**HALF, "learning_rate": 5e-4},
-    "warmup_30": {**HALF, "warmup_steps": 30},
-    "three_quarters_warmup_30": {"cold_target_replay_fraction": 0.75, "warmup_steps": 30},
+    "replay_0.625": {"cold_target_replay_fraction": 0.625},
+    "replay_0.75": {"cold_target_replay_fraction": 0.75},
+    "champion_scored": {"replay_teachers": "champion"},
+    "lr_5e-4": {"learning_rate": 5e-4},
+    "warmup_30": {"warmup_steps": 30},
+    "replay_0.75_warmup_30": {"cold_target_replay_fraction": 0.75, "warmup_steps": 30},
 }
 
 
@@ -64,8 +62,9 @@ def run(sequence: dict, variants: list[str]) -> dict:
     update = next((u for u in sequence["updates"] if u["skill"] == SKILL), None)
     if update is None or "teacher" not in update:
         raise SystemExit(f"the sequence has no {SKILL} update that reached distillation")
-    os.environ["CONTINUAL_OPD_HOME"] = sequence["home"]
     home = prepare_stores(current_home())
+    if home.root.resolve() != Path(sequence["home"]).resolve():
+        raise SystemExit(f"run it in the sequence's home: CONTINUAL_OPD_HOME={sequence['home']} (this is {home.root})")
     champion = read_champion(registry.STUDENT_MODEL, update["champion_before"])
     params = load_params(str(home.processed / update["batch"]), None, update["overrides"])
     batch = accepted_batch(home, Path(params.batch))

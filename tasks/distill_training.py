@@ -156,13 +156,14 @@ def cold_target(cfg: DistillConfig, champion_accuracy: float) -> bool:
 
 def cold_target_settings(cfg: DistillConfig) -> DistillConfig:
     """What the cold-target rule changes: `cold_target_steps` steps, `cold_target_replay_fraction` replay (never less
-    than `replay_fraction`; an update configured without replay keeps none).
+    than `replay_fraction`; an update configured without replay keeps none). At the defaults, only the steps.
 
-    Why more replay: the cold target's first steps (forward KL of about 9 nats on the student's garbage samples)
-    pull hardest on the skills that share its circuitry, before the replay rows' restoring divergence grows.
-    Measured on the demo's mul update at step 20 with half of each step replay: add 93% -> 70%, sub 28% -> 16%;
-    add came back, the weaker sub did not fully (27.7% -> 25.4% at the end, rejected on seed 0). With 62.5%
-    replay sub ended at -0.6 points and mul learned nearly as much (docs/benchmark.md)."""
+    Why a replay setting: a cold target's first steps (forward KL of about 9 nats on the student's garbage samples)
+    pull hardest on the skills taught before, before the replay rows' divergence grows to pull back. Seed 0's mul
+    update at step 20: add 93% -> 70%, sub 28% -> 16%; add came back, the weaker sub did not (-2.3 points at the
+    end, rejected). From the same champions, 62.5% replay kept sub on all three seeds' mul updates, but through
+    the whole sequence seed 0's sub update (which the rule also catches: its champion scored below 5%) then lost
+    add instead, so the default leaves replay as it is (docs/benchmark.md, `python -m bench.cold_target`)."""
     replay = max(cfg.replay_fraction, cfg.cold_target_replay_fraction) if cfg.replay_fraction else 0.0
     return cfg.model_copy(update={"steps": cfg.cold_target_steps, "replay_fraction": replay})
 

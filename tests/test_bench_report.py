@@ -79,9 +79,9 @@ def test_the_cold_target_table_gives_each_variants_share_of_the_teachers_gain_an
               "variants": {"default": {"passes_gate_policy": True, "suites": {
                   "mul": suite(0.0, 0.10, 0.06), "add": suite(0.93, 0.924, -0.018),
                   "sub": suite(0.277, 0.271, -0.026)}},
-                  "half_replay": {"passes_gate_policy": False, "suites": {
+                  "replay_0.625": {"passes_gate_policy": False, "suites": {
                       "mul": suite(0.0, 0.12, 0.07), "add": suite(0.93, 0.918, -0.025),
                       "sub": suite(0.277, 0.254, -0.045)}}}}
     table = cold_target_markdown([result]).splitlines()
-    assert table[2] == "| half_replay | 0 | 0.0 -> 12.0 (0.30) | -1.2 (-2.5) | -2.3 (-4.5) | fails |"
-    assert table[3] == "| default | 0 | 0.0 -> 10.0 (0.25) | -0.6 (-1.8) | -0.6 (-2.6) | passes |"
+    assert table[3] == "| replay_0.625 | 0 | 0.0 -> 12.0 (0.30) | -1.2 (-2.5) | -2.3 (-4.5) | fails |"
+    assert table[2] == "| default | 0 | 0.0 -> 10.0 (0.25) | -0.6 (-1.8) | -0.6 (-2.6) | passes |"

@@ -182,11 +182,11 @@ def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_ta
     from tasks.distill_config import ANCHOR_ROUTE, DistillConfig
     from tasks.distill_training import cold_target, cold_target_settings, curve_skills, training_rows
 
-    cfg = DistillConfig(prompts_per_step=64)
+    assert cold_target_settings(DistillConfig()).replay_fraction == DistillConfig().replay_fraction  # the default
+    cfg = DistillConfig(prompts_per_step=64, cold_target_replay_fraction=0.625)
     assert cold_target(cfg, 0.0) and not cold_target(cfg, cfg.cold_target_below)
     cold = cold_target_settings(cfg)
-    assert cold.steps == cfg.cold_target_steps and cold.replay_fraction == cfg.cold_target_replay_fraction
-    assert cfg.cold_target_replay_fraction > cfg.replay_fraction
+    assert cold.steps == cfg.cold_target_steps and cold.replay_fraction == 0.625
     assert cold_target_settings(cfg.model_copy(update={"replay_fraction": 0.8})).replay_fraction == 0.8
     assert cold_target_settings(cfg.model_copy(update={"replay_fraction": 0.0})).replay_fraction == 0.0
     few = cold.model_copy(update={"steps": 3})
