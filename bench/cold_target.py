@@ -62,9 +62,10 @@ def run(sequence: dict, variants: list[str]) -> dict:
     update = next((u for u in sequence["updates"] if u["skill"] == SKILL), None)
     if update is None or "teacher" not in update:
         raise SystemExit(f"the sequence has no {SKILL} update that reached distillation")
-    home = prepare_stores(current_home())
-    if home.root.resolve() != Path(sequence["home"]).resolve():
+    home = current_home()
+    if home.root.resolve() != Path(sequence["home"]).resolve():  # checked before anything is created in it
         raise SystemExit(f"run it in the sequence's home: CONTINUAL_OPD_HOME={sequence['home']} (this is {home.root})")
+    home = prepare_stores(home)
     champion = read_champion(registry.STUDENT_MODEL, update["champion_before"])
     params = load_params(str(home.processed / update["batch"]), None, update["overrides"])
     batch = accepted_batch(home, Path(params.batch))
