@@ -6,15 +6,19 @@ about 540 items and no change at all, the paired 95% lower bound of the delta is
 so a 2-point margin would fail on noise; at 1,000 items it does not (gates/default_policy.yaml).
 """
 
+from collections.abc import Sequence
+
 from continual_opd.skills import Catalogue, Item
 
 DEFAULT_SUITE_SIZE = 1000
 SUITE_SEED = 20261124
 
 
-def suite_names(catalogue: Catalogue, target_skill: str) -> list[str]:
-    """The target skill's suite first, then every core suite."""
-    return [target_skill, *[c for c in catalogue.core if c != target_skill]]
+def suite_names(catalogue: Catalogue, target_skill: str, taught: Sequence[str] = ()) -> list[str]:
+    """The target skill's suite first, then every core suite, then each of `taught` (skills taught by earlier
+    updates) not already named: the suites of an update's gate, of its selection split and of its training curve."""
+    names = [target_skill, *[c for c in catalogue.core if c != target_skill]]
+    return [*names, *[t for t in dict.fromkeys(taught) if t not in names]]
 
 
 def build_suites(catalogue: Catalogue, names: list[str], size: int = DEFAULT_SUITE_SIZE, seed: int = SUITE_SEED,

@@ -34,7 +34,7 @@ from continual_opd.home import Home, file_lock
 from continual_opd.modelio import load_model, pick_device, save_model_atomic
 from continual_opd.records import AcceptedBatch, Candidate, ModelRef, Teacher
 from continual_opd.skills import Catalogue
-from continual_opd.suites import selection_suites
+from continual_opd.suites import selection_suites, suite_names
 from continual_opd.tracking import MetricBuffer, code_revision, current_flow_run_id, stage_run
 from continual_opd.training import compute_params
 from tasks.distill_config import DistillationGuardError, DistillConfig
@@ -193,7 +193,7 @@ def choose_alpha(student, tokenizer, champion: ModelRef, targets, skill, cfg: Di
 
     The selection split covers the gate's suites (target, core, replayed taught skills) with items outside them.
     """
-    names = list(dict.fromkeys([skill.id, *catalogue.core, *replayed]))
+    names = suite_names(catalogue, skill.id, replayed)
     suites = selection_suites(catalogue, names, cfg.selection_items, selection.gate_suite_size,
                               trained={it.prompt for it in targets})
     champion_model, _ = load_model(champion.folder, frozen=True)

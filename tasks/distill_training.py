@@ -101,7 +101,9 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
 
     torch.manual_seed(cfg.seed)
     student, tokenizer = load_model(champion.folder)  # trained: fp32 master weights whatever the precision
-    eval_sets = build_suites(catalogue, curve_skills(catalogue, skill.id, replayed), size=cfg.eval_items)
+    # the target, the core skills and each replayed taught skill: a user watching an update sees the drift of what
+    # earlier updates taught while it trains (the demo's mul update: add 93% -> 70% and sub 28% -> 16% at step 20)
+    eval_sets = build_suites(catalogue, suite_names(catalogue, skill.id, replayed), size=cfg.eval_items)
     heldout = heldout_callback(tokenizer, eval_sets, catalogue, logger, every=cfg.eval_every,
                                max_new_tokens=answer_tokens(cfg.max_completion_length), log_prefix="train")
     metrics: dict[str, float] = {}
@@ -109,7 +111,7 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
     if cold_target(cfg, heldout.initial.get(skill.id, 1.0)):
         cfg = cold_target_settings(cfg)
         metrics["cold_target"] = 1.0
-    metrics["replay_fraction"] = cfg.replay_fraction if cfg.method == "opd" else 0.0
+    metrics["replay_fraction"] = cfg.replay_per_step / cfg.prompts_per_step  # the share of each step's rows
     if cfg.method in ("opd", "opd_no_replay"):
         trainer = routed_trainer(student, tokenizer, targets, champion, teacher, cfg, catalogue, work, replayed,
                                  compute=compute, own_teachers=own_teachers)
@@ -138,13 +140,6 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
                         heldout.latest[c] - heldout.initial[c] for c in catalogue.core if c in heldout.latest)})
     logger.add({f"final/{k}": v for k, v in metrics.items()}, trainer.state.global_step)
     return model, tokenizer, metrics
-
-
-def curve_skills(catalogue: Catalogue, target: str, replayed: Sequence[str]) -> list[str]:
-    """Skills of the held-out accuracy curve: the target, every core skill, then each replayed earlier-taught skill,
-    so a user watching an update sees the drift of what earlier updates taught while it trains (the demo's mul
-    update: add 93% -> 70% and sub 28% -> 16% at step 20, before replay pulled them back)."""
-    return [*suite_names(catalogue, target), *[s for s in replayed if s not in catalogue.core and s != target]]
 
 
 def cold_target(cfg: DistillConfig, champion_accuracy: float) -> bool:

@@ -63,8 +63,7 @@ def evaluate(champion: ModelRef | None, candidate: Candidate, target_skill: str,
     if skill.role != "target":
         raise ValueError(f"{target_skill!r} is a {skill.role} skill; an update's target must be one of the "
                          "target skills")
-    names = suite_names(catalogue, target_skill)
-    names += [t for t in accuracy_matrix.taught_skills(home, candidate.model.name) if t not in names]
+    names = suite_names(catalogue, target_skill, accuracy_matrix.taught_skills(home, candidate.model.name))
     suites = build_suites(catalogue, names, cfg.suite_size)
     cand = load_model(candidate.model.folder, frozen=True, precision=compute.precision)
     champ = load_model(champion.folder, frozen=True, precision=compute.precision) if champion is not None else None

@@ -180,7 +180,8 @@ def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_ta
 
     from demo_world.skills import CORE_SKILLS, SKILLS
     from tasks.distill_config import ANCHOR_ROUTE, DistillConfig
-    from tasks.distill_training import cold_target, cold_target_settings, curve_skills, training_rows
+    from continual_opd.suites import suite_names
+    from tasks.distill_training import cold_target, cold_target_settings, training_rows
 
     assert cold_target_settings(DistillConfig()).replay_fraction == DistillConfig().replay_fraction  # the default
     cfg = DistillConfig(prompts_per_step=64, cold_target_replay_fraction=0.625)
@@ -194,8 +195,8 @@ def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_ta
     for step in range(few.steps):
         routes = Counter(r["route"] for r in rows[step * 64:(step + 1) * 64])
         assert routes[ANCHOR_ROUTE] == round(64 * cfg.cold_target_replay_fraction) == 40
-    assert curve_skills(CATALOGUE, "mul", [*CORE_SKILLS, "add", "sub"]) == ["mul", *CORE_SKILLS, "add", "sub"]
-    assert curve_skills(CATALOGUE, "add", list(CORE_SKILLS)) == ["add", *CORE_SKILLS]
+    assert suite_names(CATALOGUE, "mul", [*CORE_SKILLS, "add", "sub"]) == ["mul", *CORE_SKILLS, "add", "sub"]
+    assert suite_names(CATALOGUE, "add", list(CORE_SKILLS)) == ["add", *CORE_SKILLS]
 
 
 def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, champion, home):

@@ -39,7 +39,8 @@ def test_a_warm_started_teacher_passes_the_guard_that_stops_an_untrained_one(tmp
     assert tags["warm_start"].startswith(tuple("123456789")) and "supervised steps" in tags["warm_start"]
 
     distill_cfg = DistillConfig(steps=2, prompts_per_step=16, eval_every=2, eval_items=20, checkpoint_every=2,
-                                cold_target_steps=2, registered_model=TEST_MODEL, seed=201)
+                                cold_target_steps=2, cold_target_replay_fraction=0.75, registered_model=TEST_MODEL,
+                                seed=201)
     candidate = distill(batch, champion, teacher, distill_cfg, CATALOGUE, home)
     assert candidate.metrics["initial/teacher_reference_nll"] <= distill_cfg.max_reference_nll
     assert candidate.metrics["cold_target"] == 1.0 and candidate.metrics["steps"] == 2
