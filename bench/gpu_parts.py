@@ -70,7 +70,8 @@ def teacher_part(work: Path, sizes: Sizes) -> dict:
     cfg = TeacherConfig(steps=sizes.teacher_stage_steps, prompts_per_step=sizes.teacher_stage_prompts,
                         learning_rate=sizes.teacher_stage_lr, eval_every=max(1, sizes.teacher_stage_steps // 3),
                         eval_items=sizes.accuracy_items, gate_items=sizes.accuracy_items, gate_margin=0.0,
-                        early_stop_accuracy=1.0, registered_model="bench-gpu-teacher")
+                        early_stop_accuracy=1.0, warm_start_steps=sizes.teacher_warm_start_steps,
+                        registered_model="bench-gpu-teacher")
     outcome = "passed"
     with peak_memory() as memory:
         try:

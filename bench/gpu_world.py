@@ -43,6 +43,7 @@ class Sizes:
     teacher_stage_steps: int = 30
     teacher_stage_prompts: int = 32
     teacher_stage_lr: float = 1e-5
+    teacher_warm_start_steps: int = 800  # the stage's default; its rule fires on a base below 5% (the smoke world's)
     check_steps: int = 40  # the precision check: distillation at lr 1e-6
     check_prompts: int = 256
     suite_size: int = 1000
@@ -57,8 +58,9 @@ GPU = Sizes()
 SMOKE = Sizes(shape=dict(hidden=64, layers=2, heads=2, ffn=128, positions=128),
               pretrain=PretrainConfig(lr=3e-3, warmup=5, batch_size=32, max_steps=20, eval_every=10, eval_items=20),
               teacher_sft_lr=1e-3, teacher_sft_steps=5, teacher_sft_batch=32, batch_rows=256, accuracy_items=20,
-              teacher_stage_steps=2, teacher_stage_prompts=4, check_steps=2, check_prompts=16, suite_size=20,
-              kl_prompts=16, short=(16, 8), long=(8, 16), warmup_steps=1, measured_steps=2)
+              teacher_stage_steps=2, teacher_stage_prompts=4, teacher_warm_start_steps=4, check_steps=2,
+              check_prompts=16, suite_size=20, kl_prompts=16, short=(16, 8), long=(8, 16), warmup_steps=1,
+              measured_steps=2)
 
 
 def autocast():

@@ -87,10 +87,11 @@ class DistillConfig(StrictConfig):
     cold_target_below: float = Field(0.05, ge=0, le=1, description="Rule: a target the champion answers below this "
                                      "share of its held-out items (one it cannot do at all) trains cold_target_steps "
                                      "instead of steps (0 = never).")
+    cold_target_items: int = Field(1000, ge=1, description="Held-out target items the champion is scored on for the "
+                                   "cold-target rule (200 judged the demo's sub, at 7%, cold on some seeds).")
     cold_target_steps: int = Field(300, ge=1, description="Optimizer steps for a cold target.")
-    cold_target_replay_fraction: float = Field(0.5, ge=0, lt=1, description="replay_fraction for a cold target "
-                                               "(opd; never lowers replay_fraction, 0 stays 0). 0.625 was measured "
-                                               "and not adopted (docs/benchmark.md).")
+    cold_target_replay_fraction: float = Field(0.625, ge=0, lt=1, description="replay_fraction for a cold target "
+                                               "(opd; never lowers replay_fraction, 0 stays 0).")
     lora_rank: int = Field(0, ge=0, description="LoRA adapter rank on every linear layer (peft), merged into the "
                                                 "weights before saving; 0 = full fine-tuning.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (the update is scaled by "

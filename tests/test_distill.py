@@ -181,11 +181,12 @@ def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_ta
     from demo_world.skills import CORE_SKILLS, SKILLS
     from tasks.distill_config import ANCHOR_ROUTE, DistillConfig
     from continual_opd.suites import suite_names
-    from tasks.distill_training import cold_target, cold_target_settings, training_rows
+    from tasks.distill_training import cold_target, cold_target_accuracy, cold_target_settings, training_rows
 
-    assert cold_target_settings(DistillConfig()).replay_fraction == DistillConfig().replay_fraction  # the default
     cfg = DistillConfig(prompts_per_step=64, cold_target_replay_fraction=0.625)
-    assert cold_target(cfg, 0.0) and not cold_target(cfg, cfg.cold_target_below)
+    assert cold_target(cfg, 0.0) and not cold_target(cfg, cfg.cold_target_below) and not cold_target(cfg, None)
+    for off in (cfg.model_copy(update={"cold_target_below": 0.0}), cfg.model_copy(update={"method": "grpo"})):
+        assert cold_target_accuracy(None, None, SKILLS["mul"], off, CATALOGUE) is None, "not measured: no rule"
     cold = cold_target_settings(cfg)
     assert cold.steps == cfg.cold_target_steps and cold.replay_fraction == 0.625
     assert cold_target_settings(cfg.model_copy(update={"replay_fraction": 0.8})).replay_fraction == 0.8
@@ -197,6 +198,29 @@ def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_ta
         assert routes[ANCHOR_ROUTE] == round(64 * cfg.cold_target_replay_fraction) == 40
     assert suite_names(CATALOGUE, "mul", [*CORE_SKILLS, "add", "sub"]) == ["mul", *CORE_SKILLS, "add", "sub"]
     assert suite_names(CATALOGUE, "add", list(CORE_SKILLS)) == ["add", *CORE_SKILLS]
+
+
+def test_the_cold_target_rule_decides_on_the_champion_over_cold_target_items(monkeypatch):
+    """The rule scores the champion on the first `cold_target_items` items of the target's gate suite (all of them
+    where the skill has fewer), not on the training curve's `eval_items`: 200 items misjudged a 7% sub as cold."""
+    from continual_opd.suites import build_suites
+    from demo_world.skills import SKILLS
+    from tasks import distill_training
+    from tasks.distill_config import DistillConfig
+
+    scored = {}
+
+    def fake_accuracy(model, tokenizer, items, verify, max_new_tokens):
+        scored["items"] = [it.id for it in items]
+        return sum(it.answer.endswith("7") for it in items) / len(items), []
+
+    monkeypatch.setattr(distill_training, "skill_accuracy", fake_accuracy)
+    cfg = DistillConfig(eval_items=200, cold_target_items=900)
+    accuracy = distill_training.cold_target_accuracy(None, None, SKILLS["sub"], cfg, CATALOGUE)
+    gate = [it.id for it in build_suites(CATALOGUE, ["sub"])["sub"]]
+    assert scored["items"] == gate[:900] and 0 < accuracy < 1
+    distill_training.cold_target_accuracy(None, None, SKILLS["mul"], cfg, CATALOGUE)
+    assert len(scored["items"]) == len(build_suites(CATALOGUE, ["mul"])["mul"]) == 192, "all mul has"
 
 
 def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, champion, home):
