@@ -38,7 +38,8 @@ from tasks.teacher_rl import train_teacher
 
 SKILL = "mul"
 VARIANTS: dict[str, dict] = {
-    "default": {},
+    "default": {},  # the product's defaults when it runs (0.625 replay since commit 71a10fd, 0.5 before)
+    "replay_0.5": {"cold_target_replay_fraction": 0.5},
     "replay_0.625": {"cold_target_replay_fraction": 0.625},
     "replay_0.75": {"cold_target_replay_fraction": 0.75},
     "champion_scored": {"replay_teachers": "champion"},
