@@ -8,9 +8,9 @@ matrix with GEM's ACC and BWT (`gates.accuracy_matrix`, filled in by the evaluat
 The third skill, `mul`, is one the pretrained base cannot do at all (0.0 greedy and sampled). The sequence
 runs it with the flow's defaults like the others: the product's rules handle it (the teacher stage warm-starts
 a teacher below 5% held-out accuracy, splits the 192 held-out mul prompts between its two held-out sets, and
-distillation trains a target the champion cannot do for `cold_target_steps`). No update gets an override; an
-update that is rejected or stopped is reported as such, never retried. `--seed` seeds the teacher and
-distillation of every update alike.
+distillation trains a target the champion cannot do for `cold_target_steps`, with `cold_target_replay_fraction`
+of each step replay). No update gets an override; an update that is rejected or stopped is reported as such,
+never retried. `--seed` seeds the teacher and distillation of every update alike.
 
 The acceptance numbers of the sequence (`acceptance`): every update promoted; after the last update, each
 earlier-taught skill within 2 points of its accuracy when it was taught; each update's gain on its target at
