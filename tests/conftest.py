@@ -27,7 +27,8 @@ limit_native_threads()  # before torch is first imported
 
 def pytest_collection_modifyitems(config, items):
     """Files with slow tests run first (each file keeps its own order), so `make test`'s two workers, which take
-    whole files in collection order, do not end with one of them alone on the longest files."""
+    whole files in collection order (`--no-loadscope-reorder`), do not end with one of them alone on the longest
+    files."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
 
