@@ -35,6 +35,7 @@ from continual_opd.config import StrictConfig
 from continual_opd.training import micro_batches
 
 Method = Literal["opd", "opd_no_replay", "sft_teacher_samples", "grpo"]
+ROUTED_METHODS = ("opd", "opd_no_replay")  # trained by the routed trainer, with the guard and the cold-target rule
 TARGET_ROUTE, ANCHOR_ROUTE = "target", "anchor"
 TAUGHT_ROUTE = "taught:"  # + skill id: replay of a taught skill scored by the teacher that taught it
 

@@ -33,7 +33,8 @@ from continual_opd.supervised import answer_nll
 from continual_opd.tracking import MetricBuffer
 from continual_opd.training import attach, heldout_callback, rollout_args, trainer_args
 from tasks import routed_distillation
-from tasks.distill_config import ANCHOR_ROUTE, TARGET_ROUTE, TAUGHT_ROUTE, DistillationGuardError, DistillConfig
+from tasks.distill_config import (ANCHOR_ROUTE, ROUTED_METHODS, TARGET_ROUTE, TAUGHT_ROUTE, DistillationGuardError,
+                                  DistillConfig)
 from tasks.rewards import exact_match
 
 GUARD_PROBE_PROMPTS = 64  # target prompts sampled for the step-0 KL guard (fewer make the mean noisy)
@@ -115,7 +116,7 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
         cfg = cold_target_settings(cfg)
         metrics["cold_target"] = 1.0
     metrics["replay_fraction"] = cfg.replay_per_step / cfg.prompts_per_step  # the share of each step's rows
-    if cfg.method in ("opd", "opd_no_replay"):
+    if cfg.method in ROUTED_METHODS:
         trainer = routed_trainer(student, tokenizer, targets, champion, teacher, cfg, catalogue, work, replayed,
                                  compute=compute, own_teachers=own_teachers)
     elif cfg.method == "sft_teacher_samples":
@@ -126,7 +127,7 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
            progress_logs={f"kl/{TARGET_ROUTE}": "kl", "reward": "reward"})
 
     checkpoint = last_complete_checkpoint(work / "trainer")
-    if cfg.method in ("opd", "opd_no_replay"):
+    if cfg.method in ROUTED_METHODS:
         metrics.update(guard(trainer, tokenizer, targets, skill, teacher, cfg, resuming=checkpoint is not None))
         logger.add(dict(metrics), 0)
         logger.flush()
@@ -160,7 +161,7 @@ def cold_target_accuracy(model, tokenizer, skill, cfg: DistillConfig, catalogue:
     items of the gate's suite (the demo's sub and mul have no held-out items outside it); only the champion is
     scored, as the gate scores it, and no candidate is chosen on them.
     """
-    if cfg.method not in ("opd", "opd_no_replay") or cfg.cold_target_below <= 0:
+    if cfg.method not in ROUTED_METHODS or cfg.cold_target_below <= 0:
         return None
     items = build_suites(catalogue, [skill.id], size=cfg.cold_target_items)[skill.id]
     return skill_accuracy(model, tokenizer, items, skill.verify,
@@ -169,7 +170,7 @@ def cold_target_accuracy(model, tokenizer, skill, cfg: DistillConfig, catalogue:
 
 def cold_target_settings(cfg: DistillConfig) -> DistillConfig:
     """What the cold-target rule changes: `cold_target_steps` steps, `cold_target_replay_fraction` replay (never less
-    than `replay_fraction`; an update configured without replay keeps none). At the defaults, only the steps.
+    than `replay_fraction`; an update configured without replay keeps none).
 
     Why a replay setting: a cold target's first steps (forward KL of about 9 nats on the student's garbage samples)
     pull hardest on the skills taught before, before the replay rows' divergence grows to pull back. Seed 0's mul
