@@ -18,7 +18,9 @@ Levers that keep earlier skills (each a setting; docs/benchmark.md measures each
 - divergences: `beta` on target rows, `replay_beta` on replay rows (1 reverse KL, 0 forward KL), and
   `anchor_kl_coef`, an extra reverse KL to the frozen champion on every target row;
 - a cold target (the champion scores below `cold_target_below` on it) trains `cold_target_steps` steps with
-  `cold_target_replay_fraction` of each step replay;
+  `cold_target_replay_fraction` of each step replay and `cold_target_teacher_sampled_fraction` of its target
+  rows sampled by the teacher;
+- `teacher_sampled_fraction`: that share of the target rows gets its completion from the teacher (off-policy);
 - the learning-rate schedule (`warmup_steps`, `lr_schedule`);
 - `lora_rank`: a LoRA adapter (peft) instead of full fine-tuning, merged before saving;
 - `interpolation_alphas`: the registered candidate is the largest interpolation between champion and
@@ -93,6 +95,11 @@ class DistillConfig(StrictConfig):
     cold_target_steps: int = Field(300, ge=1, description="Optimizer steps for a cold target.")
     cold_target_replay_fraction: float = Field(0.625, ge=0, lt=1, description="replay_fraction for a cold target "
                                                "(opd; never lowers replay_fraction, 0 stays 0).")
+    teacher_sampled_fraction: float = Field(0.0, ge=0, le=1, description="Share of each step's target rows whose "
+                                            "completion the teacher samples instead of the student (off-policy, "
+                                            "GKD's 1 - lmbda; opd methods; 0 = fully on-policy).")
+    cold_target_teacher_sampled_fraction: float = Field(0.0, ge=0, le=1, description="teacher_sampled_fraction "
+                                                        "for a cold target (never lowers it).")
     lora_rank: int = Field(0, ge=0, description="LoRA adapter rank on every linear layer (peft), merged into the "
                                                 "weights before saving; 0 = full fine-tuning.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (the update is scaled by "

@@ -45,7 +45,9 @@ def training_rows(targets, cfg: DistillConfig, catalogue: Catalogue,
                   replayed: Sequence[str] | None = None) -> list[dict]:
     """`steps x prompts_per_step` rows in step order, each step with exactly `replay_per_step` replay rows.
 
-    Target rows cycle through the batch (reshuffled each pass); replay rows come from the train splits of
+    Target rows cycle through the batch (reshuffled each pass); `teacher_sampled_fraction` of each step's target
+    rows are marked `sampled_by="teacher"` (the routed trainer samples their completions from the teacher);
+    replay rows come from the train splits of
     `replayed` (default: the core skills), in the shares of `replay_shares`. The order is a pure function of the
     inputs, so a resumed run sees the same steps.
     """
@@ -66,12 +68,16 @@ def training_rows(targets, cfg: DistillConfig, catalogue: Catalogue,
             replay.extend((pool * math.ceil(per_skill / len(pool)))[:per_skill])
         rng.shuffle(replay)
 
-    def row(item, route):
-        return {"prompt": item.prompt, "answer": item.answer, "skill": item.skill, "route": route}
+    n_teacher = round(n_target * cfg.teacher_sampled_fraction) if cfg.method in ROUTED_METHODS else 0
+
+    def row(item, route, sampled_by="student"):
+        return {"prompt": item.prompt, "answer": item.answer, "skill": item.skill, "route": route,
+                "sampled_by": sampled_by}
 
     rows = []
     for step in range(cfg.steps):
-        chunk = [row(it, TARGET_ROUTE) for it in stream[step * n_target:(step + 1) * n_target]]
+        chunk = [row(it, TARGET_ROUTE, "teacher" if k < n_teacher else "student")
+                 for k, it in enumerate(stream[step * n_target:(step + 1) * n_target])]
         chunk += [row(it, ANCHOR_ROUTE) for it in replay[step * n_replay:(step + 1) * n_replay]]
         rng.shuffle(chunk)
         rows.extend(chunk)
@@ -116,6 +122,7 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
         cfg = cold_target_settings(cfg)
         metrics["cold_target"] = 1.0
     metrics["replay_fraction"] = cfg.replay_per_step / cfg.prompts_per_step  # the share of each step's rows
+    metrics["teacher_sampled_fraction"] = cfg.teacher_sampled_fraction
     if cfg.method in ROUTED_METHODS:
         trainer = routed_trainer(student, tokenizer, targets, champion, teacher, cfg, catalogue, work, replayed,
                                  compute=compute, own_teachers=own_teachers)
@@ -178,7 +185,9 @@ def cold_target_settings(cfg: DistillConfig) -> DistillConfig:
     end, rejected). From the same champions, 62.5% replay kept sub on all three seeds' mul updates
     (docs/benchmark.md, `python -m bench.cold_target`)."""
     replay = max(cfg.replay_fraction, cfg.cold_target_replay_fraction) if cfg.replay_fraction else 0.0
-    return cfg.model_copy(update={"steps": cfg.cold_target_steps, "replay_fraction": replay})
+    teacher_sampled = max(cfg.teacher_sampled_fraction, cfg.cold_target_teacher_sampled_fraction)
+    return cfg.model_copy(update={"steps": cfg.cold_target_steps, "replay_fraction": replay,
+                                  "teacher_sampled_fraction": teacher_sampled})
 
 
 def guard(trainer, tokenizer, targets, skill, teacher, cfg: DistillConfig, resuming: bool) -> dict[str, float]:

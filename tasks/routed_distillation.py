@@ -14,7 +14,11 @@ subclass adds exactly three things:
   the total is what the stock trainer would compute if each row had the right teacher;
 - a divergence per route (`route_betas`: reverse KL on one route, forward KL on another), an optional
   KL-to-anchor term on the non-anchor rows (`anchor_kl_coef`), and per-route metrics
-  `kl/<route>` (mean per-token divergence: reverse KL at `beta=1.0`) and `kl_to_anchor/<route>`.
+  `kl/<route>` (mean per-token divergence: reverse KL at `beta=1.0`) and `kl_to_anchor/<route>`;
+- teacher-sampled rows: a row whose `sampled_by` column says "teacher" gets its completion sampled by its
+  route's teacher instead of the student (the off-policy part of GKD, whose `lmbda` TRL's
+  `DistillationTrainer` does not have). A student that cannot do a skill at all samples only garbage, and
+  a teacher's per-token scores of garbage teach little; the teacher's own samples show it the answers.
 
 It also runs the loss under the accelerator's autocast (`AutocastDistillationTrainer`, its parent). With
 mixed precision (`bf16=True`) the HF Trainer relies on accelerate wrapping the model's `forward` in autocast,
@@ -33,6 +37,7 @@ from functools import cache
 from continual_opd.compat import check_same_vocab_size
 
 ROUTE_COLUMN = "route"
+SAMPLER_COLUMN = "sampled_by"  # optional: "teacher" = the row's completion is sampled by its route's teacher
 # Logit post-processing the routed loss does not replicate from the stock `_compute_loss`: refuse such models.
 _SCALED_HEAD_ATTRS = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling",
                       "final_logit_softcapping")
@@ -119,17 +124,59 @@ def _trainer_class():
             self.teachers = {name: prepared[id(t)] for name, t in teachers.items()}
 
         def _generate_and_score_completions(self, inputs):
-            output = super()._generate_and_score_completions(inputs)
             try:
                 index = [self.route_names.index(row[ROUTE_COLUMN]) for row in inputs]
             except KeyError:
                 raise ValueError(f"every training row needs a {ROUTE_COLUMN!r} column naming its teacher") from None
             except ValueError as exc:
                 raise ValueError(f"a row names an unknown route ({exc}); routes are {self.route_names}") from None
+            samplers = {row.get(SAMPLER_COLUMN) or "student" for row in inputs}
+            if not samplers <= {"student", "teacher"}:
+                raise ValueError(f"{SAMPLER_COLUMN!r} must be 'student' or 'teacher'; got {sorted(samplers)}")
+            # read by `_generate_single_turn`, which TRL calls with the prompts in this order
+            self._teacher_sampled = {i: row[ROUTE_COLUMN] for i, row in enumerate(inputs)
+                                     if row.get(SAMPLER_COLUMN) == "teacher"}
+            try:
+                output = super()._generate_and_score_completions(inputs)
+            finally:
+                self._teacher_sampled = {}
             output[ROUTE_COLUMN] = torch.tensor(index, device=output["completion_ids"].device)
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["tokens_sampled"].append(float(output["num_items_in_batch"]))
+            self._metrics[mode]["teacher_sampled_rows"].append(float(sum(r.get(SAMPLER_COLUMN) == "teacher"
+                                                                         for r in inputs)))
             return output
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
+            """The student's completions, with those of teacher-sampled rows replaced by their teacher's."""
+            completions = super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+            by_route: dict[str, list[int]] = {}
+            for i, route in getattr(self, "_teacher_sampled", {}).items():
+                by_route.setdefault(route, []).append(i)
+            for route, rows in by_route.items():
+                sampled = self.teacher_completions(route, [prompt_ids[i] for i in rows])
+                for i, ids in zip(rows, sampled, strict=True):
+                    completions[i] = ids
+            return completions
+
+        @torch.no_grad()
+        def teacher_completions(self, route: str, prompt_ids: list[list[int]]) -> list[list[int]]:
+            """Completions sampled by `route`'s teacher with the trainer's generation settings, cut after the first
+            end-of-sequence token as TRL cuts the student's (text prompts only)."""
+            teacher = self.accelerator.unwrap_model(self.teachers[route])
+            device = self.accelerator.device
+            width = max(len(p) for p in prompt_ids)
+            pad = self._tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
+            attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+            with self.accelerator.autocast():
+                generated = teacher.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                             generation_config=self.generation_config)
+            out = []
+            for row in generated[:, width:].tolist():
+                ends = [k for k, t in enumerate(row) if t in self.eos_token_ids]
+                out.append(row[:ends[0] + 1] if ends else row)
+            return out
 
         def _teacher_hidden_states(self, name, input_ids, attention_mask, logits_to_keep):
             teacher = self.teachers[name]

@@ -121,6 +121,43 @@ def test_each_row_loss_is_reverse_kl_to_its_own_teacher(tmp_path):
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-4, atol=1e-6)
 
 
+def test_teacher_sampled_rows_carry_their_teachers_completion(tmp_path, base_folder, teacher):
+    """A row marked `sampled_by="teacher"` gets its completion from its route's teacher, every other row from the
+    student; the step's token count covers both. Near-zero temperature makes sampling greedy, so each completion
+    can be compared with the model's own greedy answer."""
+    import torch
+    from datasets import Dataset
+    from trl import DistillationConfig
+
+    from continual_opd.decoding import greedy_complete
+    from continual_opd.modelio import load_model
+    from demo_world.skills import SKILLS
+    from tasks.routed_distillation import RoutedDistillationTrainer
+
+    torch.set_num_threads(1)
+    student, tok = load_model(base_folder)
+    teacher_model, _ = load_model(teacher.model.folder, frozen=True)
+    items = SKILLS["add"].items("heldout", 24, seed=5)
+    rows = [{"prompt": it.prompt, "route": "target", "sampled_by": "teacher" if i % 2 else "student"}
+            for i, it in enumerate(items)]
+    args = DistillationConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none",
+                              per_device_train_batch_size=len(rows), max_completion_length=8, temperature=1e-4)
+    trainer = RoutedDistillationTrainer(student, {"target": teacher_model}, args=args,
+                                        train_dataset=Dataset.from_list(rows), processing_class=tok)
+    out = trainer._generate_and_score_completions(rows)
+    got = [tok.decode(c[m.bool()], skip_special_tokens=True) for c, m in zip(out["completion_ids"],
+                                                                               out["completion_mask"])]
+    prompts = [it.prompt for it in items]
+    by_student, by_teacher = greedy_complete(student, tok, prompts), greedy_complete(teacher_model, tok, prompts)
+    assert sum(a != b for a, b in zip(by_student, by_teacher)) >= 4, "the models must differ for the test to mean it"
+    assert got == [by_teacher[i] if i % 2 else by_student[i] for i in range(len(rows))]
+    assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
+    mode = "train" if trainer.model.training else "eval"
+    assert trainer._metrics[mode]["teacher_sampled_rows"][-1] == len(rows) // 2
+    with pytest.raises(ValueError, match="sampled_by"):
+        trainer._generate_and_score_completions([{**rows[0], "sampled_by": "oracle"}])
+
+
 # --------------------------------------------------------------------------------------- guards
 
 
@@ -173,17 +210,19 @@ def test_replay_covers_the_core_skills_and_the_targets_taught_before(home):
 
 
 def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_taught_skills():
-    """The cold-target rule: `cold_target_steps` steps and `cold_target_replay_fraction` of each step replay, never
-    less replay than configured, none when the update is configured without it; the held-out curve covers the
+    """The cold-target rule: `cold_target_steps` steps, `cold_target_replay_fraction` of each step replay and
+    `cold_target_teacher_sampled_fraction` of its target rows sampled by the teacher; never less replay than
+    configured, none when the update is configured without it; the held-out curve covers the
     target, the core skills and each replayed taught skill."""
     from collections import Counter
 
     from demo_world.skills import CORE_SKILLS, SKILLS
-    from tasks.distill_config import ANCHOR_ROUTE, DistillConfig
+    from tasks.distill_config import ANCHOR_ROUTE, TARGET_ROUTE, DistillConfig
     from continual_opd.suites import suite_names
     from tasks.distill_training import cold_target, cold_target_accuracy, cold_target_settings, training_rows
 
-    cfg = DistillConfig(prompts_per_step=64, cold_target_replay_fraction=0.625)
+    cfg = DistillConfig(prompts_per_step=64, cold_target_replay_fraction=0.625,
+                        cold_target_teacher_sampled_fraction=0.5)
     assert cold_target(cfg, 0.0) and not cold_target(cfg, cfg.cold_target_below) and not cold_target(cfg, None)
     for off in (cfg.model_copy(update={"cold_target_below": 0.0}), cfg.model_copy(update={"method": "grpo"})):
         assert cold_target_accuracy(None, None, SKILLS["mul"], off, CATALOGUE) is None, "not measured: no rule"
@@ -193,9 +232,13 @@ def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_ta
     assert cold_target_settings(cfg.model_copy(update={"replay_fraction": 0.0})).replay_fraction == 0.0
     few = cold.model_copy(update={"steps": 3})
     rows = training_rows(SKILLS["mul"].items("train", 64), few, CATALOGUE, [*CORE_SKILLS, "add", "sub"])
+    assert cold.teacher_sampled_fraction == 0.5 and cfg.teacher_sampled_fraction == 0.0
     for step in range(few.steps):
         routes = Counter(r["route"] for r in rows[step * 64:(step + 1) * 64])
         assert routes[ANCHOR_ROUTE] == round(64 * cfg.cold_target_replay_fraction) == 40
+        sampled = Counter((r["route"], r["sampled_by"]) for r in rows[step * 64:(step + 1) * 64])
+        assert sampled[(TARGET_ROUTE, "teacher")] == sampled[(TARGET_ROUTE, "student")] == 12, "half of the target"
+        assert sampled[(ANCHOR_ROUTE, "teacher")] == 0, "replay rows stay on-policy"
     assert suite_names(CATALOGUE, "mul", [*CORE_SKILLS, "add", "sub"]) == ["mul", *CORE_SKILLS, "add", "sub"]
     assert suite_names(CATALOGUE, "add", list(CORE_SKILLS)) == ["add", *CORE_SKILLS]
 
