@@ -49,6 +49,7 @@ VARIANTS: dict[str, dict] = {
     "teacher_samples_0.5": {"cold_target_teacher_sampled_fraction": 0.5},
     "teacher_samples_1.0": {"cold_target_teacher_sampled_fraction": 1.0},
     "steps_600": {"cold_target_steps": 600},
+    "steps_1200": {"cold_target_steps": 1200},
 }
 
 
