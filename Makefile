@@ -37,7 +37,8 @@ test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"
 
 # The benchmark behind the README's claims: 3 seeds of the grid and 3 of the continual sequence, two processes at a time
-# (estimated 50-60 min on 2 CPU cores: the sequence alone measured 24-29 min a seed); writes docs/bench/ and an MLflow run.
+# (estimated 70-90 min on 2 CPU cores: the sequence alone measured 41-42 min a seed, three seeds at once, most of it
+# the mul update's 1,200 cold-target steps); writes docs/bench/ and an MLflow run.
 bench: $(STAMP)
 	$(PY) -m bench --out docs/bench
 
