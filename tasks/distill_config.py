@@ -157,6 +157,12 @@ class DistillConfig(StrictConfig):
     def replay_per_step(self) -> int:
         return round(self.prompts_per_step * self.replay_fraction) if self.method == "opd" else 0
 
+    @property
+    def teacher_sampled_per_step(self) -> int:
+        """Target rows a step whose completion the teacher samples (routed methods only)."""
+        n_target = self.prompts_per_step - self.replay_per_step
+        return round(n_target * self.teacher_sampled_fraction) if self.method in ROUTED_METHODS else 0
+
 
 class DistillationGuardError(RuntimeError):
     """The stage refused to distil: the teacher cannot be distilled from (vocabulary, initial divergence)."""

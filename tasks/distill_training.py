@@ -68,7 +68,7 @@ def training_rows(targets, cfg: DistillConfig, catalogue: Catalogue,
             replay.extend((pool * math.ceil(per_skill / len(pool)))[:per_skill])
         rng.shuffle(replay)
 
-    n_teacher = round(n_target * cfg.teacher_sampled_fraction) if cfg.method in ROUTED_METHODS else 0
+    n_teacher = cfg.teacher_sampled_per_step
 
     def row(item, route, sampled_by="student"):
         return {"prompt": item.prompt, "answer": item.answer, "skill": item.skill, "route": route,

@@ -112,6 +112,7 @@ def _trainer_class():
             self.anchor_route = anchor_route
             self.anchor_kl_coef = float(anchor_kl_coef)
             self.route_betas = {name: float(b) for name, b in (route_betas or {}).items()}
+            self._teacher_sampled: dict[int, str] = {}  # row index -> route, for the step being generated
             unknown = sorted(set(self.route_betas) - set(self.route_names))
             if unknown:
                 raise ValueError(f"route_betas names unknown routes {unknown}; routes are {self.route_names}")
@@ -134,8 +135,9 @@ def _trainer_class():
             if not samplers <= {"student", "teacher"}:
                 raise ValueError(f"{SAMPLER_COLUMN!r} must be 'student' or 'teacher'; got {sorted(samplers)}")
             # read by `_generate_single_turn`, which TRL calls with the prompts in this order
-            self._teacher_sampled = {i: row[ROUTE_COLUMN] for i, row in enumerate(inputs)
-                                     if row.get(SAMPLER_COLUMN) == "teacher"}
+            teacher_sampled = {i: row[ROUTE_COLUMN] for i, row in enumerate(inputs)
+                               if row.get(SAMPLER_COLUMN) == "teacher"}
+            self._teacher_sampled = teacher_sampled
             try:
                 output = super()._generate_and_score_completions(inputs)
             finally:
@@ -143,15 +145,14 @@ def _trainer_class():
             output[ROUTE_COLUMN] = torch.tensor(index, device=output["completion_ids"].device)
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["tokens_sampled"].append(float(output["num_items_in_batch"]))
-            self._metrics[mode]["teacher_sampled_rows"].append(float(sum(r.get(SAMPLER_COLUMN) == "teacher"
-                                                                         for r in inputs)))
+            self._metrics[mode]["teacher_sampled_rows"].append(float(len(teacher_sampled)))
             return output
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
             """The student's completions, with those of teacher-sampled rows replaced by their teacher's."""
             completions = super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
             by_route: dict[str, list[int]] = {}
-            for i, route in getattr(self, "_teacher_sampled", {}).items():
+            for i, route in self._teacher_sampled.items():
                 by_route.setdefault(route, []).append(i)
             for route, rows in by_route.items():
                 sampled = self.teacher_completions(route, [prompt_ids[i] for i in rows])
@@ -174,8 +175,8 @@ def _trainer_class():
                                              generation_config=self.generation_config)
             out = []
             for row in generated[:, width:].tolist():
-                ends = [k for k, t in enumerate(row) if t in self.eos_token_ids]
-                out.append(row[:ends[0] + 1] if ends else row)
+                end = next((k for k, t in enumerate(row) if t in self.eos_token_ids), len(row) - 1)
+                out.append(row[:end + 1])
             return out
 
         def _teacher_hidden_states(self, name, input_ids, attention_mask, logits_to_keep):
