@@ -46,8 +46,10 @@ VARIANTS: dict[str, dict] = {
     "lr_5e-4": {"learning_rate": 5e-4},
     "warmup_30": {"warmup_steps": 30},
     "replay_0.75_warmup_30": {"cold_target_replay_fraction": 0.75, "warmup_steps": 30},
-    "teacher_samples_0.5": {"cold_target_teacher_sampled_fraction": 0.5},
-    "teacher_samples_1.0": {"cold_target_teacher_sampled_fraction": 1.0},
+    # measured at the old 300-step budget (docs/bench/cold_target/teacher-samples-seed*.json)
+    "teacher_samples_0.5": {"cold_target_teacher_sampled_fraction": 0.5, "cold_target_steps": 300},
+    "teacher_samples_1.0": {"cold_target_teacher_sampled_fraction": 1.0, "cold_target_steps": 300},
+    "teacher_samples_1.0_steps_1200": {"cold_target_teacher_sampled_fraction": 1.0, "cold_target_steps": 1200},
     "steps_600": {"cold_target_steps": 600},
     "steps_1200": {"cold_target_steps": 1200},
 }

@@ -149,8 +149,17 @@ def _trainer_class():
             return output
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
-            """The student's completions, with those of teacher-sampled rows replaced by their teacher's."""
-            completions = super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+            """The student samples its own rows only; each teacher-sampled row gets its route's teacher's completion."""
+            if not self._teacher_sampled:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+            if images is not None or multimodal_fields:
+                raise ValueError("teacher-sampled rows take text prompts only; set teacher_sampled_fraction to 0")
+            completions: list = [None] * len(prompt_ids)
+            own = [i for i in range(len(prompt_ids)) if i not in self._teacher_sampled]
+            if own:
+                sampled = super()._generate_single_turn([prompt_ids[i] for i in own], None, {}, has_tool_images)
+                for i, ids in zip(own, sampled, strict=True):
+                    completions[i] = ids
             by_route: dict[str, list[int]] = {}
             for i, route in self._teacher_sampled.items():
                 by_route.setdefault(route, []).append(i)

@@ -121,13 +121,13 @@ def test_each_row_loss_is_reverse_kl_to_its_own_teacher(tmp_path):
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-4, atol=1e-6)
 
 
-def test_teacher_sampled_rows_carry_their_teachers_completion(tmp_path, base_folder, teacher):
+def test_teacher_sampled_rows_carry_their_teachers_completion(tmp_path, base_folder, teacher, monkeypatch):
     """A row marked `sampled_by="teacher"` gets its completion from its route's teacher, every other row from the
     student; the step's token count covers both. Near-zero temperature makes sampling greedy, so each completion
     can be compared with the model's own greedy answer."""
     import torch
     from datasets import Dataset
-    from trl import DistillationConfig
+    from trl import DistillationConfig, DistillationTrainer
 
     from continual_opd.decoding import greedy_complete
     from continual_opd.modelio import load_model
@@ -144,7 +144,12 @@ def test_teacher_sampled_rows_carry_their_teachers_completion(tmp_path, base_fol
                               per_device_train_batch_size=len(rows), max_completion_length=8, temperature=1e-4)
     trainer = RoutedDistillationTrainer(student, {"target": teacher_model}, args=args,
                                         train_dataset=Dataset.from_list(rows), processing_class=tok)
+    student_sampled = []  # prompts per call to TRL's own sampler: the student must not sample the teacher's rows
+    trl_sampler = DistillationTrainer._generate_single_turn
+    monkeypatch.setattr(DistillationTrainer, "_generate_single_turn",
+                        lambda self, ids, *a, **k: student_sampled.append(len(ids)) or trl_sampler(self, ids, *a, **k))
     out = trainer._generate_and_score_completions(rows)
+    assert student_sampled == [len(rows) // 2]
     got = [tok.decode(c[m.bool()], skip_special_tokens=True) for c, m in zip(out["completion_ids"],
                                                                                out["completion_mask"])]
     prompts = [it.prompt for it in items]
