@@ -58,8 +58,8 @@ def teacher_gap(update: dict, batch_items, cfg: EvalConfig) -> dict:
     if abs(recorded["candidate"] - suite["student"]) > 1e-9:
         raise SystemExit(f"the {skill} student scores {suite['student']:.4f} here but {recorded['candidate']:.4f} in "
                          "the sequence's result: the home or the code differs from the sequence's")
-    champion, recorded_gain = recorded["champion"], update["teacher"]["accuracy"] - update["teacher"]["initial_accuracy"]
-    gain = suite["student"] - champion
+    champion, gain = recorded["champion"], suite["student"] - recorded["champion"]
+    recorded_gain = update["teacher"]["accuracy"] - update["teacher"]["initial_accuracy"]
     return {"skill": skill, "champion": champion, "suite": suite, "batch": batch,
             "teacher_gate_set": update["teacher"]["accuracy"],
             "share_paired": gain / (suite["teacher"] - champion) if suite["teacher"] > champion else None,
