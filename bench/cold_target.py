@@ -50,6 +50,8 @@ VARIANTS: dict[str, dict] = {
     "teacher_samples_0.5": {"cold_target_teacher_sampled_fraction": 0.5, "cold_target_steps": 300},
     "teacher_samples_1.0": {"cold_target_teacher_sampled_fraction": 1.0, "cold_target_steps": 300},
     "teacher_samples_1.0_steps_1200": {"cold_target_teacher_sampled_fraction": 1.0, "cold_target_steps": 1200},
+    "weight_decay_0.1": {"weight_decay": 0.1},
+    "weight_decay_1.0": {"weight_decay": 1.0},
     "steps_600": {"cold_target_steps": 600},
     "steps_1200": {"cold_target_steps": 1200},
 }

@@ -28,7 +28,7 @@ from continual_opd.tracking import MetricBuffer
 
 def trainer_args(*, output_dir: str | Path, steps: int, learning_rate: float, lr_schedule: str, warmup_steps: int,
                  seed: int, batch_size: int, micro_batch_size: int | None = None, precision: Precision = "auto",
-                 save_every: int | None = None) -> dict:
+                 save_every: int | None = None, weight_decay: float = 0.0) -> dict:
     """Keyword arguments shared by every TRL config the stages build (GRPO, distillation, SFT).
 
     `batch_size` counts what one optimizer step trains on (completions); `micro_batch_size` splits it.
@@ -37,7 +37,7 @@ def trainer_args(*, output_dir: str | Path, steps: int, learning_rate: float, lr
     per_device, accumulation = micro_batches(batch_size, micro_batch_size)
     return dict(
         output_dir=str(output_dir), max_steps=steps, learning_rate=learning_rate, lr_scheduler_type=lr_schedule,
-        warmup_steps=warmup_steps, seed=seed,
+        warmup_steps=warmup_steps, seed=seed, weight_decay=weight_decay,
         per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
         bf16=bf16_autocast(precision, device), use_cpu=device == "cpu",
         activation_checkpointing=False,  # TRL turns it on; on small models it only costs time (20-30% on a CPU)

@@ -62,6 +62,8 @@ class DistillConfig(StrictConfig):
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Learning-rate schedule after "
                                                                                         "warm-up (linear: decay to 0).")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (biases and norms exempt, as in "
+                                                       "transformers' Trainer); 0 is TRL's default.")
     prompts_per_step: int = Field(256, ge=1, description="Sampled completions per step, for every method (the "
                                                          "rollout budget).")
     micro_batch_size: int | None = Field(None, ge=1, description="Completions per forward/backward pass: a step's "

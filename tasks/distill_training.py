@@ -234,7 +234,7 @@ def _args(cfg: DistillConfig, work: Path, compute: ComputeConfig) -> dict:
     return trainer_args(output_dir=work / "trainer", steps=cfg.steps, learning_rate=cfg.learning_rate,
                         lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
                         batch_size=cfg.prompts_per_step, micro_batch_size=cfg.micro_batch_size,
-                        precision=compute.precision, save_every=cfg.checkpoint_every)
+                        precision=compute.precision, save_every=cfg.checkpoint_every, weight_decay=cfg.weight_decay)
 
 
 def routed_trainer(student, tokenizer, targets, champion, teacher, cfg: DistillConfig, catalogue: Catalogue,
