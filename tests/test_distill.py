@@ -166,6 +166,26 @@ def test_teacher_sampled_rows_carry_their_teachers_completion(tmp_path, base_fol
 # --------------------------------------------------------------------------------------- guards
 
 
+def test_weight_decay_reaches_the_optimizer_and_spares_norms_and_biases(tmp_path, base_folder, teacher):
+    """`weight_decay` is AdamW's: every weight matrix decays by it, norm weights and biases do not."""
+    import torch
+
+    from continual_opd.modelio import load_model
+    from tasks.distill_training import routed_trainer
+
+    torch.set_num_threads(1)
+    champion = ModelRef(name="base", version="1", folder=str(base_folder))
+    student, tok = load_model(base_folder, device="cpu")
+    trainer = routed_trainer(student, tok, CATALOGUE["add"].items("train", 16, seed=5), champion, teacher,
+                             tiny_cfg(weight_decay=0.25), CATALOGUE, tmp_path / "work")
+    optimizer = trainer.create_optimizer()
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    named = dict(trainer.model.named_parameters())
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert {decay_of[id(p)] for n, p in named.items() if p.ndim == 2} == {0.25}
+    assert {decay_of[id(p)] for n, p in named.items() if "norm" in n or n.endswith("bias")} == {0.0}
+
+
 def _versions(registry) -> set[str]:
     return {str(v.version) for v in registry.client().search_model_versions(f"name='{TEST_MODEL}'")}
 
