@@ -38,7 +38,8 @@ from tasks.teacher_rl import train_teacher
 
 SKILL = "mul"
 VARIANTS: dict[str, dict] = {
-    "default": {},  # the product's defaults when it runs (0.625 replay since 71a10fd; 1,200 steps since 76a45a9)
+    # each variant changes the product's defaults of the commit it runs at; the result files record their settings
+    "default": {},  # 0.625 replay since 71a10fd; 1,200 steps since 76a45a9; weight decay 1.0 since the rule's commit
     "replay_0.5": {"cold_target_replay_fraction": 0.5},
     "replay_0.625": {"cold_target_replay_fraction": 0.625},
     "replay_0.75": {"cold_target_replay_fraction": 0.75},
@@ -46,14 +47,17 @@ VARIANTS: dict[str, dict] = {
     "lr_5e-4": {"learning_rate": 5e-4},
     "warmup_30": {"warmup_steps": 30},
     "replay_0.75_warmup_30": {"cold_target_replay_fraction": 0.75, "warmup_steps": 30},
-    # measured at the old 300-step budget (docs/bench/cold_target/teacher-samples-seed*.json)
-    "teacher_samples_0.5": {"cold_target_teacher_sampled_fraction": 0.5, "cold_target_steps": 300},
-    "teacher_samples_1.0": {"cold_target_teacher_sampled_fraction": 1.0, "cold_target_steps": 300},
-    "teacher_samples_1.0_steps_1200": {"cold_target_teacher_sampled_fraction": 1.0, "cold_target_steps": 1200},
-    "weight_decay_0.1": {"weight_decay": 0.1},
-    "weight_decay_1.0": {"weight_decay": 1.0},
-    "steps_600": {"cold_target_steps": 600},
-    "steps_1200": {"cold_target_steps": 1200},
+    # measured before the cold-target weight decay, at the budgets they name (docs/bench/cold_target/)
+    "teacher_samples_0.5": {"cold_target_teacher_sampled_fraction": 0.5, "cold_target_steps": 300,
+                            "cold_target_weight_decay": 0.0},
+    "teacher_samples_1.0": {"cold_target_teacher_sampled_fraction": 1.0, "cold_target_steps": 300,
+                            "cold_target_weight_decay": 0.0},
+    "teacher_samples_1.0_steps_1200": {"cold_target_teacher_sampled_fraction": 1.0, "cold_target_steps": 1200,
+                                       "cold_target_weight_decay": 0.0},
+    "steps_600": {"cold_target_steps": 600, "cold_target_weight_decay": 0.0},
+    "steps_1200": {"cold_target_steps": 1200, "cold_target_weight_decay": 0.0},
+    "weight_decay_0.1": {"cold_target_weight_decay": 0.1},
+    "weight_decay_1.0": {"cold_target_weight_decay": 1.0},
 }
 
 

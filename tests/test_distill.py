@@ -235,9 +235,9 @@ def test_replay_covers_the_core_skills_and_the_targets_taught_before(home):
 
 
 def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_taught_skills():
-    """The cold-target rule: `cold_target_steps` steps, `cold_target_replay_fraction` of each step replay and
-    `cold_target_teacher_sampled_fraction` of its target rows sampled by the teacher; never less replay than
-    configured, none when the update is configured without it; the held-out curve covers the
+    """The cold-target rule: `cold_target_steps` steps, `cold_target_replay_fraction` of each step replay,
+    `cold_target_weight_decay` and `cold_target_teacher_sampled_fraction` of its target rows sampled by the
+    teacher; never less replay or decay than configured, none when the update is configured without it; the held-out curve covers the
     target, the core skills and each replayed taught skill."""
     from collections import Counter
 
@@ -253,6 +253,8 @@ def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_ta
         assert cold_target_accuracy(None, None, SKILLS["mul"], off, CATALOGUE) is None, "not measured: no rule"
     cold = cold_target_settings(cfg)
     assert cold.steps == cfg.cold_target_steps and cold.replay_fraction == 0.625
+    assert cfg.weight_decay == 0.0 and cold.weight_decay == cfg.cold_target_weight_decay == 1.0
+    assert cold_target_settings(cfg.model_copy(update={"weight_decay": 2.0})).weight_decay == 2.0
     assert cold_target_settings(cfg.model_copy(update={"replay_fraction": 0.8})).replay_fraction == 0.8
     assert cold_target_settings(cfg.model_copy(update={"replay_fraction": 0.0})).replay_fraction == 0.0
     few = cold.model_copy(update={"steps": 3})
