@@ -71,7 +71,8 @@ def accepted_batch(home, path: Path) -> AcceptedBatch:
                          contract_version=str(entry["contract_version"]))
 
 
-def run(sequence: dict, variants: list[str]) -> dict:
+def run(sequence: dict, variants: list[str], out_path: Path) -> dict:
+    """Each variant in turn; `out_path` is rewritten after each, so a stopped run keeps the variants it finished."""
     update = next((u for u in sequence["updates"] if u["skill"] == SKILL), None)
     if update is None or "teacher" not in update:
         raise SystemExit(f"the sequence has no {SKILL} update that reached distillation")
@@ -103,6 +104,9 @@ def run(sequence: dict, variants: list[str]) -> dict:
             "kl_core": report.kl_core, "seconds": round(time.time() - started, 1)}
         print(f"bench.cold_target seed {out['seed']}: {name}: passes={passed} "
               f"{json.dumps(out['variants'][name]['suites'])}", flush=True)
+        partial = out_path.with_name(out_path.name + ".partial")
+        partial.write_text(json.dumps(out, indent=1, default=str))
+        partial.replace(out_path)
     return out
 
 
@@ -145,9 +149,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    result = run(json.loads(args.sequence.read_text()), args.variants.split(","))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, default=str))
+    run(json.loads(args.sequence.read_text()), args.variants.split(","), args.out)
     return 0
 
 
