@@ -25,7 +25,7 @@ from pathlib import Path
 
 from continual_opd import registry
 from continual_opd.batch_io import load_batch
-from continual_opd.decoding import greedy_complete
+from continual_opd.decoding import skill_accuracy
 from continual_opd.home import current_home, prepare_stores
 from continual_opd.modelio import load_model
 from continual_opd.suites import build_suites
@@ -34,26 +34,25 @@ from flows.params import load_params
 from tasks.evaluate import EvalConfig
 
 
-def _answers(version, items, cfg: EvalConfig) -> list[str]:
+def _answers(version, item_sets, skill: str, cfg: EvalConfig) -> list[tuple[float, list[str]]]:
+    """One registered model, loaded once: (accuracy, greedy answers) on each item set, as the gate decodes."""
     model, tokenizer = load_model(registry.local_folder(version), frozen=True)
-    return greedy_complete(model, tokenizer, [it.prompt for it in items], max_new_tokens=cfg.max_new_tokens,
-                           batch_size=cfg.batch_size)
+    return [skill_accuracy(model, tokenizer, items, CATALOGUE[skill].verify, cfg.max_new_tokens) for items in item_sets]
 
 
-def _scores(teacher: list[str], student: list[str], items, skill: str) -> dict:
-    right = lambda outs: sum(bool(CATALOGUE[skill].verify(o, it.answer)) for o, it in zip(outs, items, strict=True))  # noqa: E731
-    return {"items": len(items), "teacher": right(teacher) / len(items), "student": right(student) / len(items),
-            "agreement": sum(a == b for a, b in zip(teacher, student, strict=True)) / len(items)}
+def _scores(teacher: tuple[float, list[str]], student: tuple[float, list[str]], items) -> dict:
+    agree = sum(a == b for a, b in zip(teacher[1], student[1], strict=True))
+    return {"items": len(items), "teacher": teacher[0], "student": student[0], "agreement": agree / len(items)}
 
 
 def teacher_gap(update: dict, batch_items, cfg: EvalConfig) -> dict:
     """One promoted update: teacher and student on the gate's target suite and on the batch's prompts."""
     skill = update["skill"]
-    teacher = registry.get_version(registry.TEACHER_MODEL, update["teacher"]["version"])
-    student = registry.get_version(registry.STUDENT_MODEL, update["champion_after"])
     suite_items = build_suites(CATALOGUE, [skill], cfg.suite_size)[skill]
-    suite = _scores(_answers(teacher, suite_items, cfg), _answers(student, suite_items, cfg), suite_items, skill)
-    batch = _scores(_answers(teacher, batch_items, cfg), _answers(student, batch_items, cfg), batch_items, skill)
+    sets = [suite_items, batch_items]
+    teacher = _answers(registry.get_version(registry.TEACHER_MODEL, update["teacher"]["version"]), sets, skill, cfg)
+    student = _answers(registry.get_version(registry.STUDENT_MODEL, update["champion_after"]), sets, skill, cfg)
+    suite, batch = (_scores(t, s, items) for t, s, items in zip(teacher, student, sets, strict=True))
     recorded = update["suites"][skill]
     if abs(recorded["candidate"] - suite["student"]) > 1e-9:
         raise SystemExit(f"the {skill} student scores {suite['student']:.4f} here but {recorded['candidate']:.4f} in "

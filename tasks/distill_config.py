@@ -97,7 +97,8 @@ class DistillConfig(StrictConfig):
     cold_target_items: int = Field(1000, ge=1, description="Held-out target items the champion is scored on for the "
                                    "cold-target rule (200 judged the demo's sub, at 7%, cold on some seeds).")
     cold_target_steps: int = Field(1200, ge=1, description="Optimizer steps for a cold target (the demo's mul: 300 "
-                                   "steps reached 0.23-0.38 of its teacher's gain, 1,200 steps 0.64-0.83).")
+                                   "steps reached 0.23-0.38 of its teacher's gain, 1,200 steps 0.64-0.83, both "
+                                   "without weight decay).")
     cold_target_replay_fraction: float = Field(0.625, ge=0, lt=1, description="replay_fraction for a cold target "
                                                "(opd; never lowers replay_fraction, 0 stays 0).")
     teacher_sampled_fraction: float = Field(0.0, ge=0, le=1, description="Share of each step's target rows whose "

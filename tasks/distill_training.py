@@ -156,7 +156,7 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
 def cold_target(cfg: DistillConfig, champion_accuracy: float | None) -> bool:
     """Rule: a target the champion cannot do at all (`cold_target_accuracy` below `cold_target_below`) trains
     `cold_target_settings`. The demo's mul (champion 0%) keeps learning for long: 0.23-0.38 of its teacher's gain in
-    300 steps, 0.64-0.83 in 1,200 (docs/benchmark.md), add and sub kept."""
+    300 steps, 0.64-0.83 in 1,200, 0.82-0.88 in 1,200 with weight decay (docs/benchmark.md), add and sub kept."""
     return champion_accuracy is not None and champion_accuracy < cfg.cold_target_below
 
 

@@ -237,8 +237,8 @@ def test_replay_covers_the_core_skills_and_the_targets_taught_before(home):
 def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_taught_skills():
     """The cold-target rule: `cold_target_steps` steps, `cold_target_replay_fraction` of each step replay,
     `cold_target_weight_decay` and `cold_target_teacher_sampled_fraction` of its target rows sampled by the
-    teacher; never less replay or decay than configured, none when the update is configured without it; the held-out curve covers the
-    target, the core skills and each replayed taught skill."""
+    teacher; never less replay or decay than configured, no replay when the update is configured without it; the
+    held-out curve covers the target, the core skills and each replayed taught skill."""
     from collections import Counter
 
     from demo_world.skills import CORE_SKILLS, SKILLS
