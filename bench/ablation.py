@@ -32,10 +32,8 @@ from demo_world.bootstrap import bootstrap
 from demo_world.skills import CATALOGUE
 from flows.continual_update import read_champion
 from flows.params import load_params
-from gates.promotion import policy_check
 from tasks.distill import distill
 from tasks.evaluate import evaluate
-from tasks.interpolation import Selection
 from tasks.teacher_rl import train_teacher
 
 BATCH_ROWS = 2048
@@ -46,10 +44,7 @@ VARIANTS: dict[str, dict] = {
     "replay_balance": {**BEFORE, "replay_fraction": 0.5, "taught_replay_weight": 8.0},
     "own_teachers": {**BEFORE, "replay_teachers": "own"},
     "forward_kl_target": {**BEFORE, "beta": 0.0},
-    "anchor_kl": {**BEFORE, "anchor_kl_coef": 0.5},
-    "lr_warmup_cosine": {**BEFORE, "warmup_steps": 10, "lr_schedule": "cosine"},
-    "lora_r16": {**BEFORE, "lora_rank": 16, "lora_alpha": 32.0},
-    "alpha_selection": {**BEFORE, "interpolation_alphas": [1.0, 0.75, 0.5, 0.25]},
+    "lora_r16": {**BEFORE, "lora_rank": 16},
     "combination": {},
 }
 
@@ -71,12 +66,8 @@ def run(seed: int, variants: list[str], config: str | None = None) -> dict:
     out["teacher"] = {"initial_accuracy": teacher.initial_accuracy, "accuracy": teacher.accuracy}
     for name in variants:
         cfg = params.distill.model_copy(update=VARIANTS[name])
-        selection = None
-        if cfg.interpolation_alphas != [1.0]:
-            selection = Selection(policy_check(params.gate, CATALOGUE, "sub", home, cfg.registered_model),
-                                  params.evaluation.suite_size)
         t0 = time.time()
-        candidate = distill(batch, champion, teacher, cfg, CATALOGUE, home, selection=selection)
+        candidate = distill(batch, champion, teacher, cfg, CATALOGUE, home)
         report = evaluate(champion, candidate, "sub", params.evaluation, CATALOGUE, home)
         core = [s for s in CATALOGUE.core if s in report.suites]
         add = report.suites.get("add")  # absent only when the add update was not promoted (--quick)
@@ -86,8 +77,6 @@ def run(seed: int, variants: list[str], config: str | None = None) -> dict:
             "add_change": add.delta if add else None, "add_ci_low": add.delta_ci_low if add else None,
             "worst_core_change": min(report.suites[s].delta for s in core),
             "kl_core": report.kl_core, "train_seconds": candidate.metrics.get("train_seconds"),
-            "alpha": candidate.metrics.get("alpha", 1.0),
-            "alpha_passed_selection": candidate.metrics.get("alpha_passed_selection"),
             "seconds": round(time.time() - t0, 1)}
         print(f"bench.ablation seed {seed}: {name}: {out['variants'][name]}", flush=True)
     out["total_seconds"] = round(time.time() - started, 1)
@@ -134,12 +123,7 @@ def ablation_markdown(results: list[dict]) -> str:
         if not rows:
             continue
         worst_ci = min((row["add_ci_low"] for row in rows if row["add_ci_low"] is not None), default=None)
-        label = name
-        if name == "alpha_selection":
-            chosen = ", ".join(f"{row.get('alpha', 1.0):g}" + ("" if row.get("alpha_passed_selection") else
-                                                                 " (none passed)") for row in rows)
-            label += f" (alpha per seed: {chosen})"
-        lines.append(f"| {label} | {cell([r['sub_gain'] for r in rows])} | {cell([r['add_change'] for r in rows])} | "
+        lines.append(f"| {name} | {cell([r['sub_gain'] for r in rows])} | {cell([r['add_change'] for r in rows])} | "
                      f"{'-' if worst_ci is None else f'{100 * worst_ci:+.1f}'} | "
                      f"{cell([r['worst_core_change'] for r in rows])} | "
                      f"{cell([r['kl_core'] for r in rows], 1.0, '{:.4f}')} | "

@@ -36,10 +36,10 @@ CHECK_LR = 1e-6  # the learning rate of the precision check: TRL's default, and 
 def check_config(sizes: Sizes) -> DistillConfig:
     """The precision check's distillation settings, the same for both arms."""
     return DistillConfig(steps=sizes.check_steps, prompts_per_step=sizes.check_prompts, learning_rate=CHECK_LR,
-                         lr_schedule="constant", eval_every=sizes.check_steps, eval_items=sizes.accuracy_items,
+                         eval_every=sizes.check_steps, eval_items=sizes.accuracy_items,
                          checkpoint_every=10 * sizes.check_steps, registered_model="bench-gpu-student", **SINGLE_UPDATE,
                          # no guard was measured on this world's supervised teacher (the CPU smoke's is barely trained)
-                         max_initial_kl=50.0, max_reference_nll=50.0)
+                         max_reference_nll=50.0)
 
 
 def weight_change(before: dict, after: dict) -> dict[str, float]:
@@ -70,7 +70,7 @@ def teacher_part(work: Path, sizes: Sizes) -> dict:
     cfg = TeacherConfig(steps=sizes.teacher_stage_steps, prompts_per_step=sizes.teacher_stage_prompts,
                         learning_rate=sizes.teacher_stage_lr, eval_every=max(1, sizes.teacher_stage_steps // 3),
                         eval_items=sizes.accuracy_items, gate_items=sizes.accuracy_items, gate_margin=0.0,
-                        early_stop_accuracy=1.0, warm_start_steps=sizes.teacher_warm_start_steps,
+                        early_stop_accuracy=1.0, warm_start={"settings": {"steps": sizes.teacher_warm_start_steps}},
                         registered_model="bench-gpu-teacher")
     outcome = "passed"
     with peak_memory() as memory:

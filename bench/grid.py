@@ -25,7 +25,7 @@ from continual_opd.records import AcceptedBatch
 from demo_world.bootstrap import bootstrap
 from demo_world.skills import CATALOGUE, CORE_SKILLS, SKILLS
 from tasks.distill import distill
-from tasks.distill_config import DistillConfig
+from tasks.distill_config import TEMPERATURE, DistillConfig
 from tasks.distill_training import training_rows
 from tasks.teacher_rl import TeacherConfig, train_teacher
 
@@ -33,7 +33,7 @@ METHODS = ("opd", "opd_no_replay", "sft_teacher_samples", "grpo")
 # The single-update recipe that the grid, the step-efficiency and the GPU parts measure: reverse KL (beta 1), a
 # quarter of each step core replay, a fixed step budget (no cold-target rule). The continual defaults (forward KL
 # on targets, half replay) are measured by bench.continual and bench.ablation.
-SINGLE_UPDATE = {"beta": 1.0, "replay_fraction": 0.25, "cold_target_below": 0.0}
+SINGLE_UPDATE = {"beta": 1.0, "replay_fraction": 0.25, "cold_target": {"below": 0.0}}
 
 
 class GridConfig(StrictConfig):
@@ -164,7 +164,7 @@ def _teacher_sample_tokens(teacher, tokenizer, batch, dcfg) -> float:
     model, tok = load_model(teacher.model.folder)
     sample = rows[:512]
     outs = greedy_complete(model, tok, [r["prompt"] for r in sample], max_new_tokens=dcfg.max_completion_length,
-                           sample=True, temperature=dcfg.temperature, seed=dcfg.seed)
+                           sample=True, temperature=TEMPERATURE, seed=dcfg.seed)
     mean = sum(min(len(tok(o, add_special_tokens=False)["input_ids"]) + 1, dcfg.max_completion_length)
                for o in outs) / len(outs)
     return mean * len(rows)

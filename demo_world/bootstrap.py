@@ -8,7 +8,6 @@ is per home and idempotent: bootstrapping a home that
 already has a champion is a no-op unless forced.
 """
 
-import ast
 import hashlib
 import inspect
 import json
@@ -18,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from continual_opd import registry
+from continual_opd.fingerprint import code_fingerprint
 from continual_opd.home import Home, current_home, file_lock, prepare_stores
 from continual_opd.modelio import copy_model_folder_atomic, save_model_atomic
 from continual_opd.records import ModelRef
@@ -44,18 +44,6 @@ def recipe_key(cfg: PretrainConfig) -> str:
              *(code_fingerprint(textwrap.dedent(inspect.getsource(f))).decode()
                for f in (pretrain, encode_examples, build_tiny_model))]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def code_fingerprint(source: str) -> bytes:
-    """The code of a module without its comments, docstrings and layout (its syntax tree, dumped)."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree).encode()
 
 
 def cache_root() -> Path:

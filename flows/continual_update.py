@@ -24,7 +24,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
 
 from continual_opd import registry
 from continual_opd.batch_store import BatchStore, exists, staged
@@ -36,16 +36,26 @@ from continual_opd.records import (AcceptedBatch, Candidate, Decision, EvalRepor
 from continual_opd.tracking import (UPDATES_EXPERIMENT, close_update_run, code_revision, current_flow_run_id,
                                     interrupted_update, open_update_run, set_stage)
 from flows.params import UpdateParams
-from gates.promotion import decide, policy_check
+from continual_opd.fingerprint import training_code
+from gates.promotion import decide
+from tasks.distill import TRAINING_CODE as DISTILL_CODE
 from tasks.distill import distill
 from tasks.evaluate import evaluate
-from tasks.interpolation import Selection
+from tasks.teacher_rl import TRAINING_CODE as TEACHER_CODE
 from tasks.teacher_rl import train_teacher
 from tasks.validate import (ContractViolation, DuplicateBatch, contract_table, ensure_new_batch, mark_processed,
                             validate_batch)
 
 # A finished stage is reused when its inputs and code are unchanged; the MLflow parent run is not an input.
 STAGE_CACHE = (INPUTS + TASK_SOURCE) - "parent_run_id"
+
+
+def trains_with(modules: tuple[str, ...]):
+    """The cache policy of a stage that trains: its inputs and task source, and the code that trains
+    (`continual_opd.fingerprint`): Prefect's TASK_SOURCE hashes only the task's wrapper, so a fix to the trainer
+    would otherwise return the cached record of the old candidate."""
+    return (INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda context, inputs: training_code(modules))) \
+        - "parent_run_id"
 TRANSIENT = (ConnectionError, TimeoutError, sqlite3.OperationalError, BlockingIOError)
 
 
@@ -78,21 +88,17 @@ def validate_task(batch_path: str, batch_sha256: str, params: UpdateParams, toke
         raise
 
 
-@task(name="teacher-rl", **stage)
+@task(name="teacher-rl", **{**stage, "cache_policy": trains_with(TEACHER_CODE)})
 def teacher_rl_task(batch: AcceptedBatch, champion: ModelRef, params: UpdateParams, parent_run_id: str) -> Teacher:
     return train_teacher(batch, champion, params.teacher, params.catalogue(), current_home(), parent_run_id,
                          compute=params.compute)
 
 
-@task(name="distill", **stage)
+@task(name="distill", **{**stage, "cache_policy": trains_with(DISTILL_CODE)})
 def distill_task(batch: AcceptedBatch, champion: ModelRef, teacher: Teacher, params: UpdateParams,
                  parent_run_id: str) -> Candidate:
-    selection = None
-    if params.distill.interpolation_alphas != [1.0]:  # choose a safe update size with the gate's own policy
-        selection = Selection(policy_check(params.gate, params.catalogue(), batch.skill, current_home(),
-                                           params.distill.registered_model), params.evaluation.suite_size)
     return distill(batch, champion, teacher, params.distill, params.catalogue(), current_home(), parent_run_id,
-                   compute=params.compute, selection=selection)
+                   compute=params.compute)
 
 
 @task(name="evaluate", **stage)

@@ -7,34 +7,35 @@ rows of a skill taught by an earlier update by that update's own teacher (route 
 `replay_teachers="own"`.
 
 The guard, before an opd method trains (a resumed run has passed it already), stops the stage with
-`DistillationGuardError` instead of distilling nonsense:
-- `reference_nll` (default): the teacher's mean per-token NLL of the batch's reference answers. A teacher
-  that knows the skill gives them a small NLL (demo world: 0.05-0.25 nats trained or warm-started, 1.0-1.4
-  for GRPO teachers at a third of the held-out items); random, corrupted or wrong-skill teachers 4.1-10.5.
-- `kl`: the student's mean per-token reverse KL to the teacher on `GUARD_PROBE_PROMPTS` sampled target
-  prompts. It cannot tell a confident teacher of a skill the student lacks (a warm-started mul teacher:
-  9.6 nats) from a broken one (4.2-5.1), which is why it is no longer the default.
+`DistillationGuardError` instead of distilling nonsense: the teacher's mean per-token NLL of the batch's
+reference answers must be at most `max_reference_nll`. A teacher that knows the skill gives them a small NLL;
+a random, corrupted or wrong-skill teacher a large one (docs/benchmark.md measures both on the demo world). The
+student's step-0 reverse KL to the teacher is logged beside it (`initial_kl/target`).
+
+Before training, the stage's rules (`apply_rules`) read the champion's accuracy on the target's selection items,
+the first point of the training curve; the settings that train are those after the rules.
 """
 
 import itertools
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig
-from continual_opd.decoding import answer_tokens, greedy_complete, skill_accuracy
+from continual_opd.decoding import answer_tokens, greedy_complete
 from continual_opd.modelio import load_model
 from continual_opd.prompts import as_trl_completion, as_trl_prompt
 from continual_opd.skills import Catalogue
-from continual_opd.suites import build_suites, suite_names
+from continual_opd import rules
+from continual_opd.suites import selection_suites, suite_names
 from continual_opd.supervised import answer_nll
 from continual_opd.tracking import MetricBuffer
 from continual_opd.training import attach, heldout_callback, rollout_args, trainer_args
 from tasks import routed_distillation
-from tasks.distill_config import (ANCHOR_ROUTE, ROUTED_METHODS, TARGET_ROUTE, TAUGHT_ROUTE, DistillationGuardError,
-                                  DistillConfig)
+from tasks.distill_config import (ANCHOR_ROUTE, LR_SCHEDULE, ROUTED_METHODS, TARGET_ROUTE, TAUGHT_ROUTE, TEMPERATURE,
+                                  DistillationGuardError, DistillConfig)
 from tasks.rewards import exact_match
 
 GUARD_PROBE_PROMPTS = 64  # target prompts sampled for the step-0 KL guard (fewer make the mean noisy)
@@ -45,9 +46,7 @@ def training_rows(targets, cfg: DistillConfig, catalogue: Catalogue,
                   replayed: Sequence[str] | None = None) -> list[dict]:
     """`steps x prompts_per_step` rows in step order, each step with exactly `replay_per_step` replay rows.
 
-    Target rows cycle through the batch (reshuffled each pass); `teacher_sampled_fraction` of each step's target
-    rows are marked `sampled_by="teacher"` (the routed trainer samples their completions from the teacher);
-    replay rows come from the train splits of
+    Target rows cycle through the batch (reshuffled each pass); replay rows come from the train splits of
     `replayed` (default: the core skills), in the shares of `replay_shares`. The order is a pure function of the
     inputs, so a resumed run sees the same steps.
     """
@@ -68,16 +67,12 @@ def training_rows(targets, cfg: DistillConfig, catalogue: Catalogue,
             replay.extend((pool * math.ceil(per_skill / len(pool)))[:per_skill])
         rng.shuffle(replay)
 
-    n_teacher = cfg.teacher_sampled_per_step
-
-    def row(item, route, sampled_by="student"):
-        return {"prompt": item.prompt, "answer": item.answer, "skill": item.skill, "route": route,
-                "sampled_by": sampled_by}
+    def row(item, route):
+        return {"prompt": item.prompt, "answer": item.answer, "skill": item.skill, "route": route}
 
     rows = []
     for step in range(cfg.steps):
-        chunk = [row(it, TARGET_ROUTE, "teacher" if k < n_teacher else "student")
-                 for k, it in enumerate(stream[step * n_target:(step + 1) * n_target])]
+        chunk = [row(it, TARGET_ROUTE) for it in stream[step * n_target:(step + 1) * n_target]]
         chunk += [row(it, ANCHOR_ROUTE) for it in replay[step * n_replay:(step + 1) * n_replay]]
         rng.shuffle(chunk)
         rows.extend(chunk)
@@ -92,37 +87,37 @@ def replay_shares(replayed: Sequence[str], catalogue: Catalogue, taught_weight: 
     erased add (-42 points); 8 shares (~85 add rows a step) kept add within 1-3 points at the same sub gain.
     """
     weights = {s: (1.0 if s in catalogue.core else taught_weight) for s in replayed}
+    weights = {s: w for s, w in weights.items() if w > 0}
     total = sum(weights.values())
     return {s: w / total for s, w in weights.items()}
 
 
 def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catalogue: Catalogue, work: Path,
                     logger: MetricBuffer, extra_callbacks: Sequence, replayed: Sequence[str],
-                    compute: ComputeConfig = DEFAULT_COMPUTE, own_teachers: Mapping[str, str] | None = None):
-    """Build the method's trainer, guard, train (resuming when a checkpoint exists); returns model, tok, metrics.
+                    compute: ComputeConfig = DEFAULT_COMPUTE, own_teachers: Mapping[str, str] | None = None,
+                    on_rules: Callable[[DistillConfig, list[str]], None] | None = None):
+    """Apply the rules, build the method's trainer, guard, train (resuming when a checkpoint exists).
 
-    `own_teachers` maps a replayed taught skill to the folder of the teacher that taught it (opd only).
+    Returns (model, tokenizer, metrics, the settings that trained after the rules, the names of the rules that
+    fired; `on_rules` gets both before training starts). `own_teachers` maps a replayed taught skill to the folder
+    of the teacher that taught it (opd only).
     The returned model is a plain `PreTrainedModel`: a LoRA adapter (`lora_rank`) is merged into it.
     """
     import torch
 
     torch.manual_seed(cfg.seed)
     student, tokenizer = load_model(champion.folder)  # trained: fp32 master weights whatever the precision
-    # the target, the core skills and each replayed taught skill: a user watching an update sees the drift of what
-    # earlier updates taught while it trains (the demo's mul update: add 93% -> 70% and sub 28% -> 16% at step 20)
-    eval_sets = build_suites(catalogue, suite_names(catalogue, skill.id, replayed), size=cfg.eval_items)
+    # the target, the core skills and each replayed taught skill, on selection items: a user watching an update sees
+    # the drift of what earlier updates taught while it trains (the demo's mul update: add 93% -> 70% at step 20)
+    names = suite_names(catalogue, skill.id, replayed)
+    eval_sets = selection_suites(catalogue, names, cfg.eval_items, trained={it.prompt for it in targets})
     heldout = heldout_callback(tokenizer, eval_sets, catalogue, logger, every=cfg.eval_every,
                                max_new_tokens=answer_tokens(cfg.max_completion_length), log_prefix="train")
-    metrics: dict[str, float] = {}
     heldout.evaluate(student, 0)  # the champion's accuracy: the reference for every curve, resumed or not
-    champion_accuracy = cold_target_accuracy(student, tokenizer, skill, cfg, catalogue)
-    if champion_accuracy is not None:
-        metrics["cold_target/champion_accuracy"] = champion_accuracy
-    if cold_target(cfg, champion_accuracy):
-        cfg = cold_target_settings(cfg)
-        metrics["cold_target"] = 1.0
+    cfg, fired, metrics = apply_rules(cfg, heldout.initial.get(skill.id))
+    if on_rules is not None:
+        on_rules(cfg, fired)  # the lineage: the settings that train, after every rule
     metrics["replay_fraction"] = cfg.replay_per_step / cfg.prompts_per_step  # the share of each step's rows
-    metrics["teacher_sampled_fraction"] = cfg.teacher_sampled_fraction
     if cfg.method in ROUTED_METHODS:
         trainer = routed_trainer(student, tokenizer, targets, champion, teacher, cfg, catalogue, work, replayed,
                                  compute=compute, own_teachers=own_teachers)
@@ -150,57 +145,30 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
                     "train_seconds": train_seconds, "core_min_delta": min(
                         heldout.latest[c] - heldout.initial[c] for c in catalogue.core if c in heldout.latest)})
     logger.add({f"final/{k}": v for k, v in metrics.items()}, trainer.state.global_step)
-    return model, tokenizer, metrics
+    return model, tokenizer, metrics, cfg, fired
 
 
-def cold_target(cfg: DistillConfig, champion_accuracy: float | None) -> bool:
-    """Rule: a target the champion cannot do at all (`cold_target_accuracy` below `cold_target_below`) trains
-    `cold_target_settings`. The demo's mul (champion 0%) keeps learning for long: 0.23-0.38 of its teacher's gain in
-    300 steps, 0.64-0.83 in 1,200, 0.82-0.88 in 1,200 with weight decay (docs/benchmark.md), add and sub kept."""
-    return champion_accuracy is not None and champion_accuracy < cfg.cold_target_below
+def apply_rules(cfg: DistillConfig, champion_accuracy: float | None) -> tuple[DistillConfig, list[str], dict]:
+    """The stage's rules (`continual_opd.rules`), measured on the champion's accuracy over the target's selection
+    items: (the settings that train, the rules that fired, the metrics that record both).
 
-
-def cold_target_accuracy(model, tokenizer, skill, cfg: DistillConfig, catalogue: Catalogue) -> float | None:
-    """The champion's greedy accuracy on the first `cold_target_items` items of the target's held-out suite, which
-    the cold-target rule decides on; None where the rule does not apply (off, or a method without it).
-
-    Why this many: on 200 items the demo's sub champions (6.9-7.6% on the gate's 988) measured below 5% on three
-    seeds of four, and the rule gave their sub updates the recipe meant for a skill at 0%. These are the first
-    items of the gate's suite (the demo's sub and mul have no held-out items outside it); only the champion is
-    scored, as the gate scores it, and no candidate is chosen on them.
+    `cold_target` (routed methods only): a skill the champion cannot do at all is learned from the batch's prompts
+    alone, and its first steps (a forward KL of about 9 nats on the student's garbage samples) pull hardest on the
+    skills taught before. The rule's demo-world settings train it 12 times longer, with 62.5% of each step replay
+    and AdamW decay 1.0 (docs/benchmark.md, "The cold-target rule", measures each of them).
     """
-    if cfg.method not in ROUTED_METHODS or cfg.cold_target_below <= 0:
-        return None
-    items = build_suites(catalogue, [skill.id], size=cfg.cold_target_items)[skill.id]
-    return skill_accuracy(model, tokenizer, items, skill.verify,
-                          max_new_tokens=answer_tokens(cfg.max_completion_length))[0]
-
-
-def cold_target_settings(cfg: DistillConfig) -> DistillConfig:
-    """What the cold-target rule changes: `cold_target_steps` steps, `cold_target_replay_fraction` replay (never less
-    than `replay_fraction`; an update configured without replay keeps none).
-
-    Why a replay setting: a cold target's first steps (forward KL of about 9 nats on the student's garbage samples)
-    pull hardest on the skills taught before, before the replay rows' divergence grows to pull back. Seed 0's mul
-    update at step 20: add 93% -> 70%, sub 28% -> 16%; add came back, the weaker sub did not (-2.3 points at the
-    end, rejected). From the same champions, 62.5% replay kept sub on all three seeds' mul updates
-    (docs/benchmark.md, `python -m bench.cold_target`).
-
-    Why weight decay (`cold_target_weight_decay`, never lowering `weight_decay`): a skill the model cannot do at all
-    is learned from the batch's prompts alone, and the demo's mul has no others (its 720 prompts are the batch's 528
-    and the gate's 192). Without decay the student copied its teacher on 94-96% of the batch's prompts but agreed
-    with it on under half of the unseen ones, and reached 0.64-0.83 of its teacher's gain; with AdamW's decay at
-    1.0 it reached 0.82-0.88, keeping add and sub (`python -m bench.teacher_gap`, `bench.cold_target`)."""
-    replay = max(cfg.replay_fraction, cfg.cold_target_replay_fraction) if cfg.replay_fraction else 0.0
-    teacher_sampled = max(cfg.teacher_sampled_fraction, cfg.cold_target_teacher_sampled_fraction)
-    return cfg.model_copy(update={"steps": cfg.cold_target_steps, "replay_fraction": replay,
-                                  "teacher_sampled_fraction": teacher_sampled,
-                                  "weight_decay": max(cfg.weight_decay, cfg.cold_target_weight_decay)})
+    if cfg.method not in ROUTED_METHODS or champion_accuracy is None:
+        return cfg, [], {}
+    fired, settings = rules.fire({"cold_target": cfg.cold_target}, champion_accuracy)
+    metrics = {"cold_target/champion_accuracy": champion_accuracy, "cold_target": float("cold_target" in fired)}
+    return (cfg.with_settings(settings) if fired else cfg), fired, metrics
 
 
 def guard(trainer, tokenizer, targets, skill, teacher, cfg: DistillConfig, resuming: bool) -> dict[str, float]:
-    """Both step-0 measurements (logged whatever `cfg.guard` is); raises `DistillationGuardError` when the chosen
-    one is over its bound, unless the run resumes (it passed the guard before)."""
+    """Step-0 measurements; raises `DistillationGuardError` when the teacher's NLL of the batch's reference answers
+    is over `max_reference_nll`, unless the run resumes (it passed the guard before). The student's reverse KL to
+    the teacher is logged beside it, not guarded on: it cannot tell a confident teacher of a skill the student
+    lacks from a broken one."""
     targets_first = (r for r in trainer.train_dataset if r["route"] == TARGET_ROUTE)
     probe = list(itertools.islice(targets_first, GUARD_PROBE_PROMPTS))
     initial_kl = trainer.measure_route_kl(probe)[TARGET_ROUTE]
@@ -208,17 +176,11 @@ def guard(trainer, tokenizer, targets, skill, teacher, cfg: DistillConfig, resum
                            [(it.prompt, it.answer) for it in targets[:GUARD_PROBE_PROMPTS]],
                            batch_size=GUARD_BATCH)
     who = f"the teacher ({teacher.model.name} v{teacher.model.version}, {teacher.model.folder})"
-    if not resuming and cfg.guard == "reference_nll" and reference > cfg.max_reference_nll:
+    if not resuming and reference > cfg.max_reference_nll:
         raise DistillationGuardError(
             f"{who} gives the batch's reference {skill.id} answers a mean NLL of {reference:.3f} nats per token, "
             f"above max_reference_nll={cfg.max_reference_nll}: it does not know the answers it is to teach "
             "(broken, untrained, or a model of another skill). Check the teacher stage's report.")
-    if not resuming and cfg.guard == "kl" and initial_kl > cfg.max_initial_kl:
-        raise DistillationGuardError(
-            f"the mean per-token reverse KL from the student to the teacher on {skill.id} prompts is "
-            f"{initial_kl:.3f} nats at step 0, above max_initial_kl={cfg.max_initial_kl}: {who} does not look "
-            "like a fine-tuned copy of the champion (broken, untrained or another model). Check the teacher "
-            "stage, or raise max_initial_kl if the gap is intended.")
     return {"initial_kl/target": initial_kl, "initial/teacher_reference_nll": reference}
 
 
@@ -239,7 +201,7 @@ def _args(cfg: DistillConfig, work: Path, compute: ComputeConfig) -> dict:
     """Every method's arguments: a step of `prompts_per_step` completions, in micro-batches, at `compute`'s
     precision."""
     return trainer_args(output_dir=work / "trainer", steps=cfg.steps, learning_rate=cfg.learning_rate,
-                        lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
+                        lr_schedule=LR_SCHEDULE, warmup_steps=0, seed=cfg.seed,
                         batch_size=cfg.prompts_per_step, micro_batch_size=cfg.micro_batch_size,
                         precision=compute.precision, save_every=cfg.checkpoint_every, weight_decay=cfg.weight_decay)
 
@@ -259,7 +221,7 @@ def routed_trainer(student, tokenizer, targets, champion, teacher, cfg: DistillC
 
     teacher_model, _ = load_model(teacher.model.folder, frozen=True, precision=compute.precision)
     teachers = {TARGET_ROUTE: teacher_model}
-    if cfg.replay_per_step or cfg.anchor_kl_coef:
+    if cfg.replay_per_step:
         teachers[ANCHOR_ROUTE] = load_model(champion.folder, frozen=True, precision=compute.precision)[0]
     rows = route_rows(training_rows(targets, cfg, catalogue, replayed), own_teachers or {})
     for route in sorted({r["route"] for r in rows} - set(teachers)):
@@ -268,13 +230,12 @@ def routed_trainer(student, tokenizer, targets, champion, teacher, cfg: DistillC
     rows = [{**r, "prompt": as_trl_prompt(tokenizer, r["prompt"])} for r in rows]
     args = DistillationConfig(
         **_args(cfg, work, compute), **rollout_args(compute), beta=cfg.beta,
-        temperature=cfg.temperature, max_completion_length=cfg.max_completion_length,
+        temperature=TEMPERATURE, max_completion_length=cfg.max_completion_length,
         shuffle_dataset=False,  # `training_rows` already fixed each step's mix of target and replay rows
         remove_unused_columns=False,  # keep the `route` column
     )
     return routed_distillation.RoutedDistillationTrainer(
         student, teachers, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-        anchor_route=ANCHOR_ROUTE if ANCHOR_ROUTE in teachers else None, anchor_kl_coef=cfg.anchor_kl_coef,
         route_betas={name: cfg.replay_beta for name in teachers if name != TARGET_ROUTE},
         peft_config=lora_config(cfg))
 
@@ -291,7 +252,7 @@ def lora_config(cfg: DistillConfig):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+    return LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
 
 
@@ -304,7 +265,7 @@ def sft_trainer(student, tokenizer, targets, teacher, cfg: DistillConfig, catalo
     rows = training_rows(targets, cfg, catalogue)
     teacher_model, teacher_tok = load_model(teacher.model.folder, frozen=True, precision=compute.precision)
     samples = greedy_complete(teacher_model, teacher_tok, [r["prompt"] for r in rows],
-                              max_new_tokens=cfg.max_completion_length, sample=True, temperature=cfg.temperature,
+                              max_new_tokens=cfg.max_completion_length, sample=True, temperature=TEMPERATURE,
                               seed=cfg.seed)
     del teacher_model
     data = Dataset.from_dict({"prompt": [as_trl_prompt(tokenizer, r["prompt"]) for r in rows],
@@ -322,6 +283,6 @@ def grpo_trainer(student, tokenizer, targets, skill, cfg: DistillConfig, work: P
     data = Dataset.from_dict({"prompt": [as_trl_prompt(tokenizer, it.prompt) for it in targets],
                               "answer": [it.answer for it in targets]})
     args = GRPOConfig(**_args(cfg, work, compute), **rollout_args(compute), num_generations=cfg.grpo_generations,
-                      max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=0.0)
+                      max_completion_length=cfg.max_completion_length, temperature=TEMPERATURE, beta=0.0)
     return GRPOTrainer(model=student, processing_class=tokenizer, train_dataset=data, args=args,
                        reward_funcs=[exact_match(skill).for_trl()])

@@ -12,13 +12,8 @@ subclass adds exactly three things:
   TRL's `_chunked_divergence_loss` over the routes with one shared normaliser (all valid completion
   tokens of the batch), so a row's contribution is exactly its divergence against its own teacher and
   the total is what the stock trainer would compute if each row had the right teacher;
-- a divergence per route (`route_betas`: reverse KL on one route, forward KL on another), an optional
-  KL-to-anchor term on the non-anchor rows (`anchor_kl_coef`), and per-route metrics
-  `kl/<route>` (mean per-token divergence: reverse KL at `beta=1.0`) and `kl_to_anchor/<route>`;
-- teacher-sampled rows: a row whose `sampled_by` column says "teacher" gets its completion sampled by its
-  route's teacher instead of the student (the off-policy part of GKD, whose `lmbda` TRL's
-  `DistillationTrainer` does not have). A student that cannot do a skill at all samples only garbage, and
-  a teacher's per-token scores of garbage teach little; the teacher's own samples show it the answers.
+- a divergence per route (`route_betas`: reverse KL on one route, forward KL on another), and per-route
+  metrics `kl/<route>` (mean per-token divergence: reverse KL at `beta=1.0`).
 
 It also runs the loss under the accelerator's autocast (`AutocastDistillationTrainer`, its parent). With
 mixed precision (`bf16=True`) the HF Trainer relies on accelerate wrapping the model's `forward` in autocast,
@@ -37,7 +32,6 @@ from functools import cache
 from continual_opd.compat import check_same_vocab_size
 
 ROUTE_COLUMN = "route"
-SAMPLER_COLUMN = "sampled_by"  # optional: "teacher" = the row's completion is sampled by its route's teacher
 # Logit post-processing the routed loss does not replicate from the stock `_compute_loss`: refuse such models.
 _SCALED_HEAD_ATTRS = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling",
                       "final_logit_softcapping")
@@ -89,30 +83,21 @@ def _trainer_class():
             model: the student (a loaded `PreTrainedModel`).
             teachers: route name -> frozen teacher model; every dataset row's `route` must be one of these names.
                 The same model object may serve several routes.
-            anchor_route: the route whose teacher is the anchor (the frozen champion), or None.
-            anchor_kl_coef: weight of an extra divergence to the anchor on every row *not* on the anchor route
-                (0 disables it; needs `anchor_route`).
             route_betas: route name -> TRL's `beta` for that route's rows (1.0 reverse KL, 0.0 forward KL);
-                routes not named use the config's `beta`. The anchor term is always reverse KL.
+                routes not named use the config's `beta`.
             Every other argument goes to `DistillationTrainer` unchanged.
         """
 
-        def __init__(self, model, teachers: Mapping[str, torch.nn.Module], *args, anchor_route: str | None = None,
-                     anchor_kl_coef: float = 0.0, route_betas: Mapping[str, float] | None = None, **kwargs):
+        def __init__(self, model, teachers: Mapping[str, torch.nn.Module], *args,
+                     route_betas: Mapping[str, float] | None = None, **kwargs):
             if not teachers:
                 raise ValueError("RoutedDistillationTrainer needs at least one teacher")
-            if anchor_kl_coef and anchor_route not in teachers:
-                raise ValueError(f"anchor_kl_coef={anchor_kl_coef} needs anchor_route to name a teacher; "
-                                 f"got {anchor_route!r}, teachers are {list(teachers)}")
             _check_plain_head(model, "the student")
             for name, teacher in teachers.items():
                 _check_plain_head(teacher, f"teacher {name!r}")
                 check_same_vocab_size(model.config, teacher.config, "the student", f"teacher {name!r}")
             self.route_names = list(teachers)
-            self.anchor_route = anchor_route
-            self.anchor_kl_coef = float(anchor_kl_coef)
             self.route_betas = {name: float(b) for name, b in (route_betas or {}).items()}
-            self._teacher_sampled: dict[int, str] = {}  # row index -> route, for the step being generated
             unknown = sorted(set(self.route_betas) - set(self.route_names))
             if unknown:
                 raise ValueError(f"route_betas names unknown routes {unknown}; routes are {self.route_names}")
@@ -131,62 +116,11 @@ def _trainer_class():
                 raise ValueError(f"every training row needs a {ROUTE_COLUMN!r} column naming its teacher") from None
             except ValueError as exc:
                 raise ValueError(f"a row names an unknown route ({exc}); routes are {self.route_names}") from None
-            samplers = {row.get(SAMPLER_COLUMN) or "student" for row in inputs}
-            if not samplers <= {"student", "teacher"}:
-                raise ValueError(f"{SAMPLER_COLUMN!r} must be 'student' or 'teacher'; got {sorted(samplers)}")
-            # read by `_generate_single_turn`, which TRL calls with the prompts in this order
-            teacher_sampled = {i: row[ROUTE_COLUMN] for i, row in enumerate(inputs)
-                               if row.get(SAMPLER_COLUMN) == "teacher"}
-            self._teacher_sampled = teacher_sampled
-            try:
-                output = super()._generate_and_score_completions(inputs)
-            finally:
-                self._teacher_sampled = {}
+            output = super()._generate_and_score_completions(inputs)
             output[ROUTE_COLUMN] = torch.tensor(index, device=output["completion_ids"].device)
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["tokens_sampled"].append(float(output["num_items_in_batch"]))
-            self._metrics[mode]["teacher_sampled_rows"].append(float(len(teacher_sampled)))
             return output
-
-        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
-            """The student samples its own rows only; each teacher-sampled row gets its route's teacher's completion."""
-            if not self._teacher_sampled:
-                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
-            if images is not None or multimodal_fields:
-                raise ValueError("teacher-sampled rows take text prompts only; set teacher_sampled_fraction to 0")
-            completions: list = [None] * len(prompt_ids)
-            own = [i for i in range(len(prompt_ids)) if i not in self._teacher_sampled]
-            if own:
-                sampled = super()._generate_single_turn([prompt_ids[i] for i in own], None, {}, has_tool_images)
-                for i, ids in zip(own, sampled, strict=True):
-                    completions[i] = ids
-            by_route: dict[str, list[int]] = {}
-            for i, route in self._teacher_sampled.items():
-                by_route.setdefault(route, []).append(i)
-            for route, rows in by_route.items():
-                sampled = self.teacher_completions(route, [prompt_ids[i] for i in rows])
-                for i, ids in zip(rows, sampled, strict=True):
-                    completions[i] = ids
-            return completions
-
-        @torch.no_grad()
-        def teacher_completions(self, route: str, prompt_ids: list[list[int]]) -> list[list[int]]:
-            """Completions sampled by `route`'s teacher with the trainer's generation settings, cut after the first
-            end-of-sequence token as TRL cuts the student's (text prompts only)."""
-            teacher = self.accelerator.unwrap_model(self.teachers[route])
-            device = self.accelerator.device
-            width = max(len(p) for p in prompt_ids)
-            pad = self._tokenizer.pad_token_id
-            input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
-            attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
-            with self.accelerator.autocast():
-                generated = teacher.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                             generation_config=self.generation_config)
-            out = []
-            for row in generated[:, width:].tolist():
-                end = next((k for k, t in enumerate(row) if t in self.eos_token_ids), len(row) - 1)
-                out.append(row[:end + 1])
-            return out
 
         def _teacher_hidden_states(self, name, input_ids, attention_mask, logits_to_keep):
             teacher = self.teachers[name]
@@ -198,7 +132,7 @@ def _trainer_class():
             return hidden, unwrapped.get_output_embeddings()
 
         def route_divergences(self, unwrapped_student, inputs) -> dict[str, dict[str, torch.Tensor]]:
-            """Per route: summed divergence to its teacher (`sum`), to the anchor (`anchor_sum`), entropy sum, tokens."""
+            """Per route: summed divergence to its teacher (`sum`), entropy sum, tokens."""
             input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
             attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
             loss_mask = inputs["completion_mask"]
@@ -222,21 +156,17 @@ def _trainer_class():
                     continue
                 total, entropy, tokens = divergence(rows, name, self.route_betas.get(name, self.beta))
                 out[name] = {"sum": total, "entropy_sum": entropy, "tokens": tokens}
-                if self.anchor_kl_coef and name != self.anchor_route:
-                    out[name]["anchor_sum"] = divergence(rows, self.anchor_route, 1.0)[0]  # reverse KL
             return out
 
         def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
             routes = self.route_divergences(unwrapped_student, inputs)
             tokens = sum(r["tokens"] for r in routes.values())
             denominator = num_items_in_batch if num_items_in_batch is not None else tokens.clamp(min=1)
-            total = sum(r["sum"] + self.anchor_kl_coef * r.get("anchor_sum", 0.0) for r in routes.values())
+            total = sum(r["sum"] for r in routes.values())
             mode = "train" if self.model.training else "eval"
             for name, r in routes.items():
                 n = max(int(r["tokens"]), 1)
                 self._metrics[mode][f"kl/{name}"].append(float(r["sum"].detach()) / n)
-                if "anchor_sum" in r:
-                    self._metrics[mode][f"kl_to_anchor/{name}"].append(float(r["anchor_sum"].detach()) / n)
             entropy_sum = sum(r["entropy_sum"] for r in routes.values())
             return total / denominator, entropy_sum.detach(), tokens
 

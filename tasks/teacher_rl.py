@@ -5,7 +5,7 @@ TRL's `GRPOTrainer` on the batch's prompts; the reward is the skill's verifier a
 answers (`tasks.rewards`). Held-out accuracy is measured every `eval_every` steps with the shared
 greedy decoder; training stops early at `early_stop_accuracy` and the best checkpoint, not the last,
 becomes the teacher. A skill the initial model cannot do at all (held-out accuracy below
-`warm_start_below`) gives GRPO no reward to learn from; such a teacher is first warm-started with supervised
+the `warm_start` rule) gives GRPO no reward to learn from; such a teacher is first warm-started with supervised
 steps on the batch's answers (`tasks.teacher_warm_start`), recorded in its lineage tag `warm_start`.
 
 The teacher gate guards against reward hacking and failed RL: on held-out items that neither training
@@ -22,33 +22,43 @@ digest, initial model, rewards, config hash, registration key); step-indexed cur
 `teacher/wall_seconds`, `teacher_gate/passed`; tag `teacher_gate` = passed | failed.
 """
 
-import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from continual_opd import registry
+from continual_opd import registry, rules
 from continual_opd.batch_io import load_batch
 from continual_opd.compute import DEFAULT_COMPUTE, ComputeConfig, training_precision
 from continual_opd.config import StrictConfig
+from continual_opd.rules import Rule, check_settings, merged_with
 from continual_opd.decoding import answer_tokens, skill_accuracy
-from continual_opd.home import Home, file_lock
+from continual_opd.home import Home
 from continual_opd.modelio import check_model_folder, load_model, pick_device, save_model_atomic, weights_digest
 from continual_opd.prompts import as_trl_prompt
 from continual_opd.records import AcceptedBatch, ModelRef, Teacher
 from continual_opd.skills import Catalogue
-from continual_opd.tracking import MetricBuffer, code_revision, current_flow_run_id, stage_run
+from continual_opd.suites import part_items
+from continual_opd.stage_runner import StageRun, StageSpec, Trained, registration_key, run_stage, trained_folder
+from continual_opd.tracking import MetricBuffer, stage_run
 from continual_opd.training import (attach, compute_params, heldout_callback, micro_batches, rollout_args,
                                     trainer_args)
 from tasks.rewards import RewardFunction, exact_match, format_reward
 from tasks.teacher_warm_start import warm_start
 
 STAGE = "teacher_rl"
+# the modules whose code trains a teacher: a change to any of them trains anew (continual_opd.fingerprint)
+TRAINING_CODE = ("tasks.teacher_rl", "tasks.teacher_warm_start", "tasks.rewards", "continual_opd.training",
+                 "continual_opd.decoding", "continual_opd.prompts", "continual_opd.supervised",
+                 "continual_opd.modelio", "continual_opd.suites", "continual_opd.rules", "continual_opd.stage_runner")
 REGISTRY_PREFIX = "registry:"
+
+
+WARM_START_SETTINGS = {"learning_rate", "steps", "stop_at", "rows_per_step"}  # what the warm_start rule sets
+LR_SCHEDULE = "cosine"  # decay over `steps` settles the policy late (a constant rate diverged or plateaued lower)
+TEMPERATURE = 1.0
+WARM_START = Rule(below=0.05, settings={"learning_rate": 2e-3, "steps": 800, "stop_at": 0.20, "rows_per_step": 48})
 
 
 class TeacherConfig(StrictConfig):
@@ -56,43 +66,34 @@ class TeacherConfig(StrictConfig):
 
     Measured on the demo base (add 0.35): a CPU runs out of compute, not steps, so the defaults are the
     setting that gained most per sampled completion: 32 prompts x 8 completions, peak 3e-4 with cosine decay
-    over 300 steps (+34 points); a constant 3e-4 with 16 x 8 diverged, a constant 1e-4 to 2e-4 plateaued lower.
+    over 300 steps; a constant 3e-4 with 16 x 8 diverged, a constant 1e-4 to 2e-4 plateaued lower.
     """
 
     init: str = Field("champion", description="Initial model: 'champion', a local Hugging Face model folder, "
                                               "or 'registry:NAME/VERSION'.")
     steps: int = Field(300, ge=0, description="Most GRPO steps; early stopping may end sooner.")
-    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate (TRL's default 1e-6 learns nothing on "
-                                                         "small models).")
-    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule over `steps`: "
-                                                                            "cosine decay settles the policy late.")
+    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate, cosine-decayed over steps (TRL's "
+                                                         "default 1e-6 learns nothing on small models).")
     prompts_per_step: int = Field(32, ge=1, description="Batch prompts per GRPO step.")
     num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (the GRPO group size).")
-    micro_batch_size: int | None = Field(None, ge=1, description="Completions per forward/backward pass: a step's "
-                                                                 "prompts_per_step x num_generations completions are "
-                                                                 "sampled at once (TRL's generation batch), then "
-                                                                 "accumulated over passes of this size. Must divide "
-                                                                 "that product; empty = one pass.")
+    micro_batch_size: int | None = Field(None, ge=1, description="Completions per forward/backward pass; the "
+                                         "gradient accumulates over passes. Must divide prompts_per_step x "
+                                         "num_generations; empty = one pass.")
     max_completion_length: int = Field(6, ge=1, description="Most tokens sampled per completion; near the answer "
                                                             "length plus EOS.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the RL rollouts.")
-    eval_every: int = Field(25, ge=1, description="Measure held-out accuracy every this many steps.")
-    eval_items: int = Field(200, ge=1, description="Held-out items for the accuracy curve, early stopping and "
-                                                   "choosing the best checkpoint.")
-    gate_items: int = Field(400, ge=1, description="Other held-out items (disjoint from eval_items) on which the "
-                                                   "teacher gate compares teacher and initial model.")
-    early_stop_accuracy: float = Field(0.95, ge=0, le=1, description="Stop once held-out accuracy reaches this.")
+    eval_every: int = Field(25, ge=1, description="Measure selection-set accuracy every this many steps.")
+    eval_items: int = Field(200, ge=1, description="Selection-part held-out items for the accuracy curve, early "
+                                                   "stopping, the best checkpoint and the warm_start rule.")
+    gate_items: int = Field(400, ge=1, description="Gate-part held-out items on which the teacher gate compares "
+                                                   "teacher and initial model (no choice reads them).")
+    early_stop_accuracy: float = Field(0.95, ge=0, le=1, description="Stop once selection-set accuracy reaches "
+                                                                     "this.")
     gate_margin: float = Field(0.10, ge=0, le=1, description="The teacher must beat its initial model's held-out "
                                                              "accuracy by at least this (0.10 = 10 points).")
-    warm_start_below: float = Field(0.05, ge=0, le=1, description="Rule: when the initial model's held-out accuracy "
-                                    "on the skill is below this, RL gets no reward to learn from, so the teacher is "
-                                    "first warm-started by supervised steps on the batch's answers (0 = never).")
-    warm_start_lr: float = Field(2e-3, gt=0, description="Warm start: AdamW learning rate (constant).")
-    warm_start_steps: int = Field(800, ge=1, description="Warm start: most supervised steps.")
-    warm_start_stop: float = Field(0.20, ge=0, le=1, description="Warm start: stop once selection-set accuracy "
-                                                                  "reaches this; GRPO takes it from there.")
-    warm_start_rows: int = Field(48, ge=1, description="Warm start: batch rows per step (plus 4 train items of every "
-                                                       "other skill, so the teacher keeps the answer format).")
+    warm_start: Rule = Field(default_factory=lambda: WARM_START, description=(
+        "Rule for a skill the initial model cannot do (GRPO gets no reward): supervised steps on the batch's "
+        "answers first, with these settings: learning_rate, most steps, stop_at selection accuracy, rows_per_step "
+        "(given in part, the rest is the default's)."))
     format_reward_weight: float = Field(0.0, ge=0, description="Weight of the well-formed-answer reward (0 = off).")
     seed: int = Field(0, description="Seed of sampling, training and the held-out draw.")
     registered_model: str = Field(registry.TEACHER_MODEL, description="Registered model that receives teachers.")
@@ -102,6 +103,19 @@ class TeacherConfig(StrictConfig):
     def _micro_batches_fit(self):
         micro_batches(self.completions_per_step, self.micro_batch_size, "teacher.micro_batch_size",
                       "teacher.prompts_per_step x teacher.num_generations")
+        return self
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _rule_in_part(cls, given):
+        return merged_with(WARM_START, given)
+
+    @model_validator(mode="after")
+    def _rule_sets_warm_start(self):
+        check_settings({"warm_start": self.warm_start}, WARM_START_SETTINGS, "teacher")
+        missing = sorted(WARM_START_SETTINGS - set(self.warm_start.settings))
+        if missing:
+            raise ValueError(f"teacher.warm_start.settings must give {', '.join(missing)} too")
         return self
 
     @property
@@ -150,13 +164,33 @@ def train_teacher(batch: AcceptedBatch, champion: ModelRef, cfg: TeacherConfig, 
     key = teacher_key(batch.skill, batch.digest, initial_model, cfg, rewards,
                       training_precision(compute.precision, pick_device()))
     identity = {"skill": batch.skill, "data_digest": batch.digest, "initial_model": initial_model,
-                "rewards": reward_summary(rewards), "config_hash": cfg.config_hash(), "registration_key": key}
-    with file_lock(home.locks / f"teacher-{key.split(':')[-1]}.lock"):  # one process trains a given teacher
-        existing = registry.find_version(cfg.registered_model, key)
-        if existing is not None:
-            return _reuse(existing, identity, parent_run_id)
-        return _train_gate_register(rows, skill, catalogue, initial_folder, identity, rewards, cfg, home,
-                                    parent_run_id, compute)
+                "rewards": reward_summary(rewards), "registration_key": key}
+    params = {**{k: v for k, v in identity.items() if k != "registration_key"}, "batch_rows": len(rows),
+              "initial_folder": str(initial_folder), "reward_name": rewards[0][0].name,
+              "reward_version": rewards[0][0].version,
+              **{f"reward.{i}": f"{r.key}: {r.description}" for i, (r, _) in enumerate(rewards)},
+              **compute_params(compute)}
+    lineage = {"role": "teacher", "method": "grpo", "data_digest": batch.digest, "initial_model": initial_model,
+               "reward": identity["rewards"], "reward_name": rewards[0][0].name,
+               "reward_version": rewards[0][0].version}
+    outcome: dict = {}
+
+    def train(stage: StageRun) -> Trained:
+        return _train_and_gate(rows, skill, catalogue, initial_folder, identity, rewards, cfg, stage, compute,
+                               outcome)
+
+    version, reused = run_stage(spec(cfg), batch.skill, key, cfg, home, parent_run_id, lineage, params, train)
+    if reused:
+        return _reuse(version, identity, parent_run_id)
+    return Teacher(model=ModelRef(name=cfg.registered_model, version=str(version.version),
+                                  folder=str(registry.local_folder(version))),
+                   skill=skill.id, initial_accuracy=outcome["initial_accuracy"], accuracy=outcome["accuracy"],
+                   steps=outcome["best_step"], run_id=version.run_id or "")
+
+
+def spec(cfg: TeacherConfig) -> StageSpec:
+    return StageSpec(stage=STAGE, kind="teacher", folder_prefix="teacher", registered_model=cfg.registered_model,
+                     code=TRAINING_CODE)
 
 
 def resolve_initial_model(cfg: TeacherConfig, champion: ModelRef) -> tuple[Path, str]:
@@ -180,18 +214,15 @@ def reward_summary(rewards: list[tuple[RewardFunction, float]]) -> str:
 
 def teacher_key(skill: str, data_digest: str, initial_model: str, cfg: TeacherConfig,
                 rewards: list[tuple[RewardFunction, float]], precision: str = "fp32") -> str:
-    """The registration key: the same key means the same teacher, so it is reused, never trained twice.
-
-    `precision` is the resolved training precision; fp32 (every CPU run) leaves the key as it always was.
-    """
-    blob = json.dumps([skill, data_digest, initial_model, cfg.config_hash(), reward_summary(rewards),
-                       *([precision] if precision != "fp32" else [])])
-    return f"teacher:{skill}:{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
+    """The registration key: the same key means the same teacher, so it is reused, never trained twice. It covers
+    the inputs, the requested settings, the resolved training precision and the code that trains."""
+    return registration_key(spec(cfg), skill, [skill, data_digest, initial_model, cfg.config_hash(),
+                                               reward_summary(rewards), precision])
 
 
-def teacher_folder(home: Home, key: str) -> Path:
+def teacher_folder(home: Home, key: str, cfg: TeacherConfig | None = None) -> Path:
     """Where the teacher with this registration key lives in the home."""
-    return home.models / f"teacher-{key.split(':')[-1][:16]}"
+    return trained_folder(home, spec(cfg or TeacherConfig()), key)
 
 
 def _reuse(version, identity: dict, parent_run_id: str | None) -> Teacher:
@@ -216,13 +247,13 @@ def _grpo_args(cfg: TeacherConfig, output_dir: Path, reward_weights: list[float]
 
     return GRPOConfig(
         **trainer_args(output_dir=output_dir, steps=cfg.steps, learning_rate=cfg.learning_rate,
-                       lr_schedule=cfg.lr_schedule, warmup_steps=0, seed=cfg.seed,  # the callback keeps the best
+                       lr_schedule=LR_SCHEDULE, warmup_steps=0, seed=cfg.seed,  # the callback keeps the best
                        batch_size=cfg.completions_per_step, micro_batch_size=cfg.micro_batch_size,
                        precision=compute.precision),
         **rollout_args(compute),
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature,
+        temperature=TEMPERATURE,
         reward_weights=reward_weights,
         beta=0.0,  # no reference model: the teacher is gated on held-out accuracy instead
     )
@@ -245,111 +276,92 @@ def _run_grpo(model, tokenizer, rows, rewards, cfg: TeacherConfig, output_dir: P
     return trainer.state.global_step
 
 
-def _train_gate_register(rows, skill, catalogue: Catalogue, initial_folder: Path, identity: dict, rewards,
-                         cfg: TeacherConfig, home: Home, parent_run_id: str | None,
-                         compute: ComputeConfig) -> Teacher:
+def _train_and_gate(rows, skill, catalogue: Catalogue, initial_folder: Path, identity: dict, rewards,
+                    cfg: TeacherConfig, stage: StageRun, compute: ComputeConfig, outcome: dict) -> Trained:
+    """Warm start (by rule), GRPO, the best checkpoint, the teacher gate: the teacher to register, or
+    `TeacherGateFailed`. `outcome` receives the accuracies and the best step for the stage's record."""
     import mlflow
 
-    dest = teacher_folder(home, identity["registration_key"])
-    work = home.checkpoints / dest.name
+    work = stage.work
     max_new_tokens = answer_tokens(cfg.max_completion_length)
     started = time.time()
-    with stage_run(STAGE, parent_run_id, tags={"skill": skill.id, "registration_key": identity["registration_key"]}) \
-            as run:
-        run_id = run.info.run_id
-        metrics = MetricBuffer(run_id)
-        mlflow.log_params({**{f"cfg.{k}": v for k, v in cfg.model_dump().items()}, **identity,
-                           "batch_rows": len(rows), "initial_folder": str(initial_folder),
-                           "reward_name": rewards[0][0].name, "reward_version": rewards[0][0].version,
-                           **{f"reward.{i}": f"{r.key}: {r.description}" for i, (r, _) in enumerate(rewards)},
-                           **compute_params(compute)})
-        eval_set, gate_set, dropped = heldout_sets(skill, rows, cfg)
-        model, tokenizer = load_model(initial_folder, cfg.trust_remote_code)  # trained: fp32 master weights
-        initial_gate, _ = skill_accuracy(model, tokenizer, gate_set, skill.verify, max_new_tokens=max_new_tokens)
-        metrics.add({"heldout/dropped_overlapping": dropped}, 0)
-        start_folder, warm = initial_folder, None
-        initial_eval, _ = skill_accuracy(model, tokenizer, eval_set, skill.verify, max_new_tokens=max_new_tokens)
-        if initial_eval < cfg.warm_start_below:  # rule: RL alone gets no reward on a skill the model cannot do
-            warm = warm_start(model, tokenizer, rows, skill, catalogue, eval_set, learning_rate=cfg.warm_start_lr,
-                              max_steps=cfg.warm_start_steps, stop_at=cfg.warm_start_stop,
-                              rows_per_step=cfg.warm_start_rows, seed=cfg.seed, max_new_tokens=max_new_tokens)
-            start_folder = work / "warm"
-            save_model_atomic(model, tokenizer, start_folder)
-            metrics.add({"warm_start/initial_accuracy": initial_eval, "warm_start/steps": warm["steps"],
-                         "warm_start/accuracy": warm["accuracy"], "warm_start/seconds": warm["seconds"]}, 0)
-        callback = heldout_callback(tokenizer, {skill.id: eval_set}, catalogue, metrics, every=cfg.eval_every,
-                                    max_new_tokens=max_new_tokens, log_prefix="rl", select=skill.id,
-                                    best_dir=work / "best", stop_at=cfg.early_stop_accuracy,
-                                    completions_per_step=cfg.completions_per_step)
-        callback.evaluate(model, 0)  # the initial (or warm-started) model: what the best checkpoint must beat
-        train_started = time.time()
-        steps_run = (_run_grpo(model, tokenizer, rows, rewards, cfg, work / "trainer", callback, compute)
-                     if cfg.steps else 0)
-        train_seconds = time.time() - train_started
-        # loaded as trained (fp32), not frozen: this model is saved as the teacher, and a bf16 copy would round
-        # away what training changed
-        best = work / "best" if callback.best_step > 0 else start_folder
-        model, tokenizer = load_model(best, cfg.trust_remote_code)
-        teacher_gate, _ = skill_accuracy(model, tokenizer, gate_set, skill.verify, max_new_tokens=max_new_tokens)
-        passed = teacher_gate >= initial_gate + cfg.gate_margin
-        metrics.add({"teacher/steps": steps_run, "teacher/best_step": callback.best_step,
-                     "teacher/tokens_sampled": callback.tokens_sampled, "teacher/completions": callback.completions,
-                     "teacher/train_seconds": train_seconds, "teacher/initial_accuracy": initial_gate,
-                     "teacher/accuracy": teacher_gate, "teacher_gate/margin": cfg.gate_margin,
-                     "teacher_gate/passed": float(passed), "teacher/best_eval_accuracy": callback.best_accuracy},
-                    steps_run)
-        mlflow.set_tag("teacher_gate", "passed" if passed else "failed")
-        if not passed:
-            metrics.add({"teacher/wall_seconds": time.time() - started}, steps_run)
-            metrics.flush()
-            shutil.rmtree(work, ignore_errors=True)
-            raise TeacherGateFailed(skill.id, initial_gate, teacher_gate, cfg.gate_margin, len(gate_set),
-                                    steps_run, run_id)
-        report = {**identity, "initial_accuracy": initial_gate, "accuracy": teacher_gate, "warm_start": warm,
-                  "best_step": callback.best_step, "steps": steps_run,
-                  "curve": [(step, acc[skill.id]) for step, acc in callback.history]}
-        save_model_atomic(model, tokenizer, dest, extra_files={"teacher_report.json": json.dumps(report, indent=1)})
+    metrics = MetricBuffer(stage.run_id)
+    eval_set, gate_set, dropped = heldout_sets(skill, rows, cfg)
+    model, tokenizer = load_model(initial_folder, cfg.trust_remote_code)  # trained: fp32 master weights
+    initial_gate, _ = skill_accuracy(model, tokenizer, gate_set, skill.verify, max_new_tokens=max_new_tokens)
+    metrics.add({"heldout/dropped_overlapping": dropped}, 0)
+    start_folder, warm = initial_folder, None
+    initial_eval, _ = skill_accuracy(model, tokenizer, eval_set, skill.verify, max_new_tokens=max_new_tokens)
+    fired, settings = rules.fire({"warm_start": cfg.warm_start}, initial_eval)
+    stage.trained_with(cfg, fired)
+    metrics.add({"warm_start/initial_accuracy": initial_eval, "warm_start": float(bool(fired))}, 0)
+    if fired:  # rule: RL alone gets no reward on a skill the model cannot do
+        warm = warm_start(model, tokenizer, rows, skill, catalogue, eval_set, seed=cfg.seed,
+                          max_new_tokens=max_new_tokens, **settings)
+        start_folder = work / "warm"
+        save_model_atomic(model, tokenizer, start_folder)
+        metrics.add({"warm_start/steps": warm["steps"], "warm_start/accuracy": warm["accuracy"],
+                     "warm_start/seconds": warm["seconds"]}, 0)
+    callback = heldout_callback(tokenizer, {skill.id: eval_set}, catalogue, metrics, every=cfg.eval_every,
+                                max_new_tokens=max_new_tokens, log_prefix="rl", select=skill.id,
+                                best_dir=work / "best", stop_at=cfg.early_stop_accuracy,
+                                completions_per_step=cfg.completions_per_step)
+    callback.evaluate(model, 0)  # the initial (or warm-started) model: what the best checkpoint must beat
+    train_started = time.time()
+    steps_run = (_run_grpo(model, tokenizer, rows, rewards, cfg, work / "trainer", callback, compute)
+                 if cfg.steps else 0)
+    train_seconds = time.time() - train_started
+    # loaded as trained (fp32), not frozen: this model is saved as the teacher, and a bf16 copy would round
+    # away what training changed
+    best = work / "best" if callback.best_step > 0 else start_folder
+    model, tokenizer = load_model(best, cfg.trust_remote_code)
+    teacher_gate, _ = skill_accuracy(model, tokenizer, gate_set, skill.verify, max_new_tokens=max_new_tokens)
+    passed = teacher_gate >= initial_gate + cfg.gate_margin
+    metrics.add({"teacher/steps": steps_run, "teacher/best_step": callback.best_step,
+                 "teacher/tokens_sampled": callback.tokens_sampled, "teacher/completions": callback.completions,
+                 "teacher/train_seconds": train_seconds, "teacher/initial_accuracy": initial_gate,
+                 "teacher/accuracy": teacher_gate, "teacher_gate/margin": cfg.gate_margin,
+                 "teacher_gate/passed": float(passed), "teacher/best_eval_accuracy": callback.best_accuracy},
+                steps_run)
+    mlflow.set_tag("teacher_gate", "passed" if passed else "failed")
+    metrics.add({"teacher/wall_seconds": time.time() - started}, steps_run)
+    metrics.flush()
+    if not passed:
         shutil.rmtree(work, ignore_errors=True)
-        tags = {
-            "role": "teacher", "method": "grpo", "skill": skill.id, "data_digest": identity["data_digest"],
-            "initial_model": identity["initial_model"],
-            "reward": identity["rewards"], "reward_name": rewards[0][0].name, "reward_version": rewards[0][0].version,
-            "config_hash": identity["config_hash"], "code_revision": code_revision(),
-            "flow_run_id": current_flow_run_id(), "initial_accuracy": f"{initial_gate:.4f}",
-            "accuracy": f"{teacher_gate:.4f}", "best_step": str(callback.best_step), "steps": str(steps_run),
-            "teacher_gate": "passed",
-            "warm_start": (f"{warm['steps']} supervised steps at lr {cfg.warm_start_lr:g}: selection-set accuracy "
-                           f"{initial_eval:.3f} -> {warm['accuracy']:.3f}") if warm else "none",
-        }
-        version = registry.register_folder(
-            dest, cfg.registered_model, run_id, tags, identity["registration_key"],
-            description=f"{'warm-started ' if warm else ''}GRPO teacher for {skill.id} from "
-                        f"{identity['initial_model']}: held-out accuracy {initial_gate:.3f} -> {teacher_gate:.3f}.",
-            example_prompts=[gate_set[0].prompt], trust_remote_code=cfg.trust_remote_code)
-        mlflow.set_tag("teacher_version", str(version.version))
-        metrics.add({"teacher/wall_seconds": time.time() - started}, steps_run)
-        metrics.flush()
-    return Teacher(model=ModelRef(name=cfg.registered_model, version=str(version.version), folder=str(dest)),
-                   skill=skill.id, initial_accuracy=initial_gate, accuracy=teacher_gate, steps=callback.best_step,
-                   run_id=run_id)
+        raise TeacherGateFailed(skill.id, initial_gate, teacher_gate, cfg.gate_margin, len(gate_set),
+                                steps_run, stage.run_id)
+    outcome.update(initial_accuracy=initial_gate, accuracy=teacher_gate, best_step=callback.best_step)
+    warm_tag = (f"{warm['steps']} supervised steps at lr {settings['learning_rate']:g}: selection-set accuracy "
+                f"{initial_eval:.3f} -> {warm['accuracy']:.3f}") if warm else "none"
+    return Trained(
+        model, tokenizer, report_file="teacher_report.json",
+        report={**identity, "initial_accuracy": initial_gate, "accuracy": teacher_gate, "warm_start": warm,
+                "best_step": callback.best_step, "steps": steps_run,
+                "curve": [(step, acc[skill.id]) for step, acc in callback.history]},
+        tags={"initial_accuracy": f"{initial_gate:.4f}", "accuracy": f"{teacher_gate:.4f}",
+              "best_step": str(callback.best_step), "steps": str(steps_run), "teacher_gate": "passed",
+              "warm_start": warm_tag},
+        description=f"{'warm-started ' if warm else ''}GRPO teacher for {skill.id} from "
+                    f"{identity['initial_model']}: held-out accuracy {initial_gate:.3f} -> {teacher_gate:.3f}.",
+        example_prompts=[gate_set[0].prompt], trust_remote_code=cfg.trust_remote_code)
 
 
 def heldout_sets(skill, rows, cfg: TeacherConfig):
-    """Two disjoint held-out sets (selection, gate), minus any prompt the batch trains on.
+    """The selection set and the teacher gate's set, minus any prompt the batch trains on.
 
-    The best checkpoint is chosen on the first set, so the gate measures on the second: choosing and
-    judging on the same items would flatter the teacher. Rule: a skill with fewer held-out prompts than
-    `eval_items + gate_items` (the demo's mul has 192) splits what it has in the same proportion.
+    The selection set (`eval_items` of the held-out split's selection part) decides every choice of the stage: the
+    warm-start rule and its stop, early stopping, the best checkpoint. The teacher gate judges on `gate_items` of
+    the gate part, which no choice reads (`continual_opd.suites`): choosing and judging on the same items would
+    flatter the teacher. A small skill gets what its parts hold (the demo's mul: about 48 and 144).
     """
     trained = {it.prompt for it in rows}
-    asked = cfg.eval_items + cfg.gate_items
-    drawn = skill.items("heldout", asked, seed=cfg.seed)
-    clean = [it for it in drawn if it.prompt not in trained]
-    n_eval = cfg.eval_items if len(drawn) >= asked else len(clean) * cfg.eval_items // asked
-    eval_set, gate_set = clean[:n_eval], clean[n_eval:n_eval + cfg.gate_items]
+    drawn = {part: part_items(skill, part, n, seed=cfg.seed)
+             for part, n in (("selection", cfg.eval_items), ("gate", cfg.gate_items))}
+    eval_set, gate_set = ([it for it in drawn[part] if it.prompt not in trained] for part in ("selection", "gate"))
+    dropped = sum(map(len, drawn.values())) - len(eval_set) - len(gate_set)
     if not eval_set or not gate_set:
-        raise ValueError(f"skill {skill.id!r} has {len(clean)} held-out items that the batch does not train on "
-                         f"({len(drawn) - len(clean)} of {len(drawn)} drawn are batch prompts): too few to both "
+        raise ValueError(f"skill {skill.id!r} has {len(eval_set)} selection and {len(gate_set)} gate held-out items "
+                         f"that the batch does not train on ({dropped} drawn are batch prompts): too few to both "
                          "choose the teacher's checkpoint and gate it. Take the batch's rows from the train split, "
                          "or declare more held-out items")
-    return eval_set, gate_set, len(drawn) - len(clean)
+    return eval_set, gate_set, dropped

@@ -2,9 +2,9 @@
 
 GRPO learns from differences in reward inside a group of samples. When the initial model answers (almost) no
 held-out item of the skill (the demo's `mul`: 0%), every sample scores 0, every advantage is 0, and RL has
-nothing to learn from. The teacher stage then warm-starts (`TeacherConfig.warm_start_below`): cross-entropy on
+nothing to learn from. The teacher stage's `warm_start` rule (`continual_opd.rules`) then fires: cross-entropy on
 the batch's own answers, plus a few train items of every other skill of the catalogue so the teacher keeps the
-answer format, until the selection set reaches `warm_start_stop`; GRPO takes it from there. The teacher gate
+answer format, until the selection set reaches the rule's `stop_at`; GRPO takes it from there. The teacher gate
 still compares the result against the initial model, and the warm start is recorded in the teacher's lineage.
 """
 
@@ -20,7 +20,7 @@ EVAL_EVERY = 50  # warm-start steps between two measurements of the selection se
 
 
 def warm_start(model, tokenizer, rows: list[Item], skill: Skill, catalogue: Catalogue, eval_set: list[Item], *,
-               learning_rate: float, max_steps: int, stop_at: float, rows_per_step: int, seed: int,
+               learning_rate: float, steps: int, stop_at: float, rows_per_step: int, seed: int,
                max_new_tokens: int) -> dict:
     """Train `model` in place; returns {steps, accuracy (selection set), curve, seconds}."""
     import torch
@@ -32,7 +32,7 @@ def warm_start(model, tokenizer, rows: list[Item], skill: Skill, catalogue: Cata
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     accuracy, step, curve = 0.0, 0, []
-    for step in range(1, max_steps + 1):
+    for step in range(1, steps + 1):
         model.train()
         mix = rng.sample(rows, min(rows_per_step, len(rows)))
         for other in others:
@@ -41,7 +41,7 @@ def warm_start(model, tokenizer, rows: list[Item], skill: Skill, catalogue: Cata
         model(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % EVAL_EVERY == 0 or step == max_steps:
+        if step % EVAL_EVERY == 0 or step == steps:
             model.eval()
             accuracy = skill_accuracy(model, tokenizer, eval_set, skill.verify, max_new_tokens=max_new_tokens)[0]
             curve.append((step, accuracy))

@@ -1,23 +1,142 @@
-"""Choosing a candidate never looks at the gate's items: the selection split is disjoint from every gate suite."""
+"""No choice inside an update reads an item of a gate suite: the selection part and the gate part never meet.
 
-from continual_opd.suites import all_suite_items, build_suites, selection_suites
+A skill's held-out split is cut by a second hash into a selection part (every choice inside an update) and a gate
+part (the gate's suites, the teacher gate). The first tests prove the cut for the three kinds of skill: generated
+(the demo world's), file skills, and a file skill too small to give much to either part. The last two run the
+teacher stage and the distillation stage and record the items their choices read (the accuracy curves that pick
+the teacher's checkpoint and stop it early, the warm-start rule and its stop, the cold-target rule): pointing a
+stage at the gate's items fails them.
+"""
+
+import json
+
+import pytest
+
+from continual_opd.skill_files import load_catalogue
+from continual_opd.skills import split_of
+from continual_opd.suites import (SELECTION_FRACTION, all_suite_items, build_suites, part_of, part_items,
+                                  selection_suites)
 from demo_world.skills import CATALOGUE
+from tests.helpers.quick_models import make_batch, make_teacher
 
 
-def test_selection_items_are_disjoint_from_the_gate_and_from_the_batch():
-    names = ["sub", *CATALOGUE.core, "add", "mul"]
-    gate_size = 1000
-    trained = {it.prompt for it in CATALOGUE["sub"].items("train", 2048, seed=7)}  # the update's batch
-    selection = selection_suites(CATALOGUE, names, 300, gate_size, trained=trained)
-    gate = build_suites(CATALOGUE, names, gate_size)
-    every_gate_prompt = {it.prompt for it in all_suite_items(CATALOGUE, gate_size)}
+def _file_catalogue(tmp_path, heldout_rows: int):
+    """A file skill with `heldout_rows` held-out rows (explicit train and held-out files) and a core file skill."""
+    rows = lambda lo, n: "".join(json.dumps({"a": a, "b": 3, "answer": f"#### {a + 3}"}) + "\n"  # noqa: E731
+                                 for a in range(lo, lo + n))
+    (tmp_path / "train.jsonl").write_text(rows(0, 300))
+    (tmp_path / "heldout.jsonl").write_text(rows(1000, heldout_rows))
+    (tmp_path / "echo.jsonl").write_text("".join(json.dumps({"word": f"w{i}", "answer": f"w{i}"}) + "\n"
+                                                 for i in range(400)))
+    (tmp_path / "skills.yaml").write_text(
+        "skills:\n"
+        "  - {id: plus, role: target, data: {train: train.jsonl, heldout: heldout.jsonl}, prompt: 'What is {a} plus "
+        "{b}?', extract: 'after:####', verifier: numeric}\n"
+        "  - {id: echo, role: core, data: {file: echo.jsonl, heldout_fraction: 0.3}, prompt: 'Echo {word}', "
+        "verifier: exact}\n")
+    return load_catalogue([tmp_path / "skills.yaml"])
+
+
+def _in_heldout(catalogue):
+    heldout = {name: {it.prompt for it in catalogue[name].items("heldout", 10_000)} for name in catalogue}
+    return lambda name, prompt: prompt in heldout[name]
+
+
+def _assert_disjoint(catalogue, names, in_heldout, sizes=(10, 300), seeds=(0, 31337)):
+    """Selection items of every size and seed are off the gate's suite; both parts hold held-out items only."""
     for name in names:
-        chosen = selection[name]
-        assert len(chosen) >= 100, f"{name}: too few selection items to choose with ({len(chosen)})"
-        assert len({it.id for it in chosen}) == len(chosen)
-        assert not {it.id for it in chosen} & {it.id for it in gate[name]}, f"{name}: selection overlaps the gate"
-        assert not {it.prompt for it in chosen} & every_gate_prompt, f"{name}: a prompt some gate evaluates"
-        assert not {it.prompt for it in chosen} & trained, f"{name}: a prompt the update trains on"
-    # sub and mul: the gate takes every held-out prompt, so selection falls back to train prompts not trained on
-    assert len(gate["mul"]) == len(CATALOGUE["mul"].items("heldout", 10_000))
-    assert selection["mul"] and all(it.prompt not in every_gate_prompt for it in selection["mul"])
+        gate = {it.prompt for it in build_suites(catalogue, [name])[name]}
+        assert gate and all(part_of(name, p) == "gate" and in_heldout(name, p) for p in gate)
+        for size in sizes:
+            for seed in seeds:
+                chosen = {it.prompt for it in selection_suites(catalogue, [name], size, seed=seed)[name]}
+                assert not chosen & gate, f"{name}: a selection item (size {size}, seed {seed}) is in the gate suite"
+                assert all(part_of(name, p) == "selection" and in_heldout(name, p) for p in chosen), name
+
+
+def test_the_parts_of_generated_skills_never_meet_at_any_size_or_seed():
+    names = [*CATALOGUE.targets, *CATALOGUE.core]
+    _assert_disjoint(CATALOGUE, names, lambda name, prompt: split_of(name, prompt) == "heldout")
+    # the parts cover the held-out split in the stated proportion (mul: 192 held-out prompts in all)
+    mul = CATALOGUE["mul"].items("heldout", 10_000)
+    chosen, gate = part_items(CATALOGUE["mul"], "selection", 10_000, 0), part_items(CATALOGUE["mul"], "gate", 10_000, 0)
+    assert len(chosen) + len(gate) == len(mul) == 192
+    assert abs(len(chosen) / len(mul) - SELECTION_FRACTION) < 0.08
+    # the data contract keeps both parts out of training batches
+    contract = {it.prompt for it in all_suite_items(CATALOGUE, 200)}
+    assert {it.prompt for it in chosen} <= contract and {it.prompt for it in gate} <= contract
+
+
+def test_the_parts_of_file_skills_never_meet(tmp_path):
+    catalogue = _file_catalogue(tmp_path, heldout_rows=400)
+    _assert_disjoint(catalogue, ["plus", "echo"], _in_heldout(catalogue))
+    assert len(selection_suites(catalogue, ["plus"], 1000)["plus"]) >= 60, "a 400-row held-out file gives ~100"
+
+
+def test_a_small_file_skill_gets_a_small_selection_part_never_the_gates_items(tmp_path):
+    catalogue = _file_catalogue(tmp_path, heldout_rows=12)
+    _assert_disjoint(catalogue, ["plus"], _in_heldout(catalogue), sizes=(1, 5, 12, 100))
+    chosen = selection_suites(catalogue, ["plus"], 100)["plus"]
+    gate = build_suites(catalogue, ["plus"], 100)["plus"]
+    assert len(chosen) + len(gate) == 12, "every held-out row is in exactly one part"
+
+
+def _recording(monkeypatch, module, reads: list):
+    """Wrap `module.heldout_callback` (the curves that choose) so every item it is given is recorded."""
+    real = module.heldout_callback
+
+    def recording(tokenizer, eval_sets, *args, **kwargs):
+        reads.extend(it for items in eval_sets.values() for it in items)
+        return real(tokenizer, eval_sets, *args, **kwargs)
+
+    monkeypatch.setattr(module, "heldout_callback", recording)
+
+
+@pytest.mark.slow
+def test_the_teacher_stage_chooses_and_warm_starts_on_selection_items_only(tmp_path, champion, home, monkeypatch,
+                                                                           torch_threads):
+    """mul (the champion scores 0): the warm-start rule fires, the warm start stops on selection items, GRPO's
+    curve picks the best checkpoint on them; only the teacher gate reads gate items, and only its own set."""
+    from tasks import teacher_rl
+    from tasks.teacher_rl import TeacherConfig, heldout_sets, train_teacher
+
+    choices, warm_reads, accuracy_reads = [], [], []
+    _recording(monkeypatch, teacher_rl, choices)
+    real_warm, real_accuracy = teacher_rl.warm_start, teacher_rl.skill_accuracy
+    monkeypatch.setattr(teacher_rl, "warm_start", lambda model, tok, rows, skill, cat, eval_set, **kw: (
+        warm_reads.extend(eval_set), real_warm(model, tok, rows, skill, cat, eval_set, **kw))[1])
+    monkeypatch.setattr(teacher_rl, "skill_accuracy", lambda model, tok, items, *a, **kw: (
+        accuracy_reads.append(list(items)), real_accuracy(model, tok, items, *a, **kw))[1])
+
+    batch = make_batch(tmp_path, n=256, skill="mul")
+    cfg = TeacherConfig(steps=2, prompts_per_step=4, num_generations=2, eval_every=1, eval_items=40, gate_items=60,
+                        gate_margin=0.0, warm_start={"settings": {"steps": 2}}, registered_model="test-sel-teacher")
+    train_teacher(batch, champion, cfg, CATALOGUE, home)
+    _, gate_set, _ = heldout_sets(CATALOGUE["mul"], [], cfg)
+    assert choices and warm_reads, "the curve and the warm start ran"
+    assert all(part_of(it.skill, it.prompt) == "selection" for it in [*choices, *warm_reads]), \
+        "a choice of the teacher stage read an item of the gate part"
+    for items in accuracy_reads:  # the warm-start rule's measurement, or the teacher gate on its own set
+        parts = {part_of(it.skill, it.prompt) for it in items}
+        assert parts == {"selection"} or [it.id for it in items] == [it.id for it in gate_set], \
+            f"an accuracy measured on {parts} items that are not the teacher gate's set"
+
+
+@pytest.mark.slow
+def test_distillations_curve_and_cold_target_rule_read_selection_items_only(tmp_path, champion, base_folder, home,
+                                                                            monkeypatch, torch_threads):
+    from tasks import distill_training
+    from tasks.distill import distill
+    from tasks.distill_config import DistillConfig
+
+    choices = []
+    _recording(monkeypatch, distill_training, choices)
+    teacher = make_teacher(base_folder, tmp_path / "teacher", steps=2)
+    cfg = DistillConfig(steps=2, prompts_per_step=16, eval_every=1, eval_items=50, checkpoint_every=2,
+                        cold_target={"settings": {"steps": 2}}, max_reference_nll=50.0,
+                        registered_model="test-sel-student")
+    candidate = distill(make_batch(tmp_path, n=64, skill="mul"), champion, teacher, cfg, CATALOGUE, home)
+    assert candidate.metrics["cold_target"] == 1.0, "mul is cold: the rule measured and fired"
+    assert {it.skill for it in choices} >= {"mul", *CATALOGUE.core}
+    assert all(part_of(it.skill, it.prompt) == "selection" for it in choices), \
+        "distillation's curve or cold-target rule read an item of the gate part"
