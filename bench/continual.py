@@ -65,8 +65,9 @@ def _run_flow(params) -> tuple[str, list[str], object]:
     return "stopped", [f"{type(result).__name__}: {result}"], result
 
 
-def run_sequence(quick: bool, extra_overrides: list[str] = (), seed: int = 0) -> dict:
-    """The sequence in the current home (`CONTINUAL_OPD_HOME`), which must be fresh."""
+def run_sequence(quick: bool, extra_overrides: list[str] = (), seed: int = 0, on_update=None) -> dict:
+    """The sequence in the current home (`CONTINUAL_OPD_HOME`), which must be fresh. `on_update` gets the updates
+    so far after each one (the command writes them, so a stopped run keeps what it measured)."""
     started = time.time()
     home = prepare_stores(current_home())
     bootstrap(home)
@@ -104,6 +105,8 @@ def run_sequence(quick: bool, extra_overrides: list[str] = (), seed: int = 0) ->
         updates.append(entry)
         print(f"bench.continual: update {skill}: {outcome} ({entry['seconds']:.0f}s), champion "
               f"v{entry['champion_before']} -> v{entry['champion_after']}", flush=True)
+        if on_update is not None:
+            on_update({"quick": quick, "seed": seed, "home": str(home.root), "partial": True, "updates": updates})
     model = accuracy_matrix.load(home, registry.STUDENT_MODEL)
     gem = accuracy_matrix.gem_metrics(model)
     return {"quick": quick, "seed": seed, "home": str(home.root), "sequence": list(SEQUENCE), "updates": updates,
@@ -207,9 +210,15 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)  # one core per benchmark lane
-    result = run_sequence(args.quick, args.set, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, default=str))
+
+    def write(result: dict) -> None:
+        partial = args.out.with_name(args.out.name + ".partial")
+        partial.write_text(json.dumps(result, indent=1, default=str))
+        partial.replace(args.out)
+
+    result = run_sequence(args.quick, args.set, args.seed, on_update=write)
+    write(result)
     print(continual_markdown(result))
     return 0
 
