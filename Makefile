@@ -36,9 +36,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"
 
-# The benchmark behind the README's claims: 3 seeds of the grid and 3 of the continual sequence, two processes at a time
-# (estimated 70-90 min on 2 CPU cores: the sequence alone measured 41-42 min a seed, three seeds at once, most of it
-# the mul update's 1,200 cold-target steps); writes docs/bench/ and an MLflow run.
+# The benchmark behind the README's claims: 3 seeds of the grid, and the continual sequence on 6 seeds (0-2, the
+# seeds a recipe was once tuned on, and 5-7, which chose nothing), two processes at a time; several hours on 2 CPU
+# cores, most of it the mul updates' 1,200 cold-target steps; writes docs/bench/ and an MLflow run.
 bench: $(STAMP)
 	$(PY) -m bench --out docs/bench
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import report
-from bench.continual import continual_markdown, continual_summary_markdown
+from bench.continual import OUT_OF_SAMPLE_SEEDS, REPORT_SEEDS, continual_markdown, continual_summary_markdown
 from bench.grid import GridConfig, teacher_curve
 from bench.lanes import run_lanes
 from bench.step_efficiency import markdown as step_markdown
@@ -26,7 +26,7 @@ from continual_opd.tracking import code_revision
 QUICK = GridConfig(seeds=(0, 1), steps=10, prompts_per_step=32, teacher_steps=10, teacher_gate_margin=0.0,
                    batch_rows=256, probe_every=5, probe_items=40, kl_prompts=32)
 LANES = 2
-CONTINUAL_SEEDS, QUICK_CONTINUAL_SEEDS = (0, 1, 2), (0,)
+CONTINUAL_SEEDS, QUICK_CONTINUAL_SEEDS = (*REPORT_SEEDS, *OUT_OF_SAMPLE_SEEDS), (0,)
 
 
 def main(argv=None) -> int:
@@ -37,9 +37,12 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-continual", action="store_true", help="leave the continual sequence out")
     parser.add_argument("--rebuild", type=Path, metavar="RESULTS_JSON",
                         help="re-render tables and plots from an earlier run's results.json (no training)")
+    parser.add_argument("--continual", nargs="+", type=Path, metavar="SEQUENCE_JSON",
+                        help="with --rebuild: the continual sequence from these bench.continual results instead of "
+                             "the run's own (each keeps its own commit and seed; the page names them)")
     args = parser.parse_args(argv)
     if args.rebuild:
-        return rebuild(args.rebuild, args.out)
+        return rebuild(args.rebuild, args.out, args.continual)
 
     started = time.perf_counter()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -82,10 +85,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def rebuild(results_json: Path, out: Path) -> int:
+def rebuild(results_json: Path, out: Path, continual: list[Path] | None = None) -> int:
     """Re-render an earlier run, filling what newer report code reads from that run's own stores (its scratch
-    homes are kept under `<home>/bench/<stamp>/`): today, the teachers' GRPO curves."""
+    homes are kept under `<home>/bench/<stamp>/`): today, the teachers' GRPO curves. `continual` replaces the run's
+    sequence by later `bench.continual` results (recorded with their files under `continual_sources`)."""
     results = json.loads(results_json.read_text())
+    if isinstance(results.get("continual"), dict):  # runs before the sequence had seeds held one sequence
+        results["continual"] = [results["continual"]]
+    if continual:
+        results["continual"] = [json.loads(p.read_text()) for p in continual]
+        results["continual_sources"] = [str(p) for p in continual]
     work = current_home().root / "bench" / results["stamp"]
     for entry in results["grid"]["seeds"]:
         if not entry["teacher"].get("curve"):
@@ -124,7 +133,11 @@ def write_results(results: dict, out: Path) -> list[Path]:
         "", "## Step efficiency", "", step_markdown(results["step_efficiency"]),
     ]
     if results["continual"] is not None:
+        sources = results.get("continual_sources")
         parts += ["", "## Continual sequence through the real flow", "",
+                  *([f"From later runs than the tables above: {', '.join(f'`{s}`' for s in sources)} (code "
+                     f"{', '.join(sorted({r.get('code_revision', 'not recorded') for r in results['continual']}))})."
+                     "", ""] if sources else []),
                   continual_summary_markdown(results["continual"])]
         for one in results["continual"]:
             parts += ["", continual_markdown(one)]

@@ -9,6 +9,12 @@ trained after every rule, so the lineage shows what trained. The rules of the de
   teacher is first trained by supervised steps (`tasks.teacher_warm_start`) with the rule's settings;
 - distillation's `cold_target`: a target the champion cannot do at all trains longer, with more replay and with
   weight decay (`tasks.distill_training`).
+
+Both fire below 2%. A rule for a skill the model "cannot do at all" must not fire on one it does a little, and it
+measures on the selection part, a few hundred items at most (the demo's `sub`: 254): at 2%, a skill truly at 5%
+is judged cold with a probability of about 1% (binomial, 254 items), while a skill at 0% (`mul`) always is. At the
+earlier 5%, measured on the selection part, both rules fired on 2 of 3 `sub` updates whose champions answer 4-6%
+of `sub` (sequence seeds 5-7, which therefore no longer count as out of sample).
 """
 
 from collections.abc import Mapping

@@ -10,7 +10,7 @@ A skill's held-out split (`continual_opd.skills.split_of`) is cut once more, by 
 Because the part of a prompt is a pure function of its skill and text, no draw, size or seed can put one item in
 both: a choice inside an update can never read an item that judges it (tests/test_selection_split.py). This
 holds for generated skills and for file skills alike. A small skill gets a small selection part rather than
-borrowing the gate's items: the demo's `mul` has 192 held-out prompts, about 48 for choosing and 144 for the gate.
+borrowing the gate's items: the demo's `mul` has 192 held-out prompts, 45 for choosing and 147 for the gate.
 
 The default gate suite size certifies the gate's default margins: with about 540 items and no change at all, the
 paired 95% lower bound of the delta is already near -2 points, so a 2-point margin would fail on noise; at 1,000

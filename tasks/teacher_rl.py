@@ -58,7 +58,7 @@ REGISTRY_PREFIX = "registry:"
 WARM_START_SETTINGS = {"learning_rate", "steps", "stop_at", "rows_per_step"}  # what the warm_start rule sets
 LR_SCHEDULE = "cosine"  # decay over `steps` settles the policy late (a constant rate diverged or plateaued lower)
 TEMPERATURE = 1.0
-WARM_START = Rule(below=0.05, settings={"learning_rate": 2e-3, "steps": 800, "stop_at": 0.20, "rows_per_step": 48})
+WARM_START = Rule(below=0.02, settings={"learning_rate": 2e-3, "steps": 800, "stop_at": 0.20, "rows_per_step": 48})
 
 
 class TeacherConfig(StrictConfig):
@@ -352,7 +352,7 @@ def heldout_sets(skill, rows, cfg: TeacherConfig):
     The selection set (`eval_items` of the held-out split's selection part) decides every choice of the stage: the
     warm-start rule and its stop, early stopping, the best checkpoint. The teacher gate judges on `gate_items` of
     the gate part, which no choice reads (`continual_opd.suites`): choosing and judging on the same items would
-    flatter the teacher. A small skill gets what its parts hold (the demo's mul: about 48 and 144).
+    flatter the teacher. A small skill gets what its parts hold (the demo's mul: 45 and 147).
     """
     trained = {it.prompt for it in rows}
     drawn = {part: part_items(skill, part, n, seed=cfg.seed)
