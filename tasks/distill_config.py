@@ -32,7 +32,7 @@ TARGET_ROUTE, ANCHOR_ROUTE = "target", "anchor"
 TAUGHT_ROUTE = "taught:"  # + skill id: replay of a taught skill scored by the teacher that taught it
 LR_SCHEDULE = "linear"  # decay to 0 after no warm-up (warm-up and cosine decay were measured not to help)
 TEMPERATURE = 1.0  # rollouts sample the student's own distribution
-COLD_TARGET = Rule(below=0.02, settings={"steps": 1200, "replay_fraction": 0.625, "weight_decay": 1.0})
+COLD_TARGET = Rule(below=0.05, settings={"steps": 1200, "replay_fraction": 0.625, "weight_decay": 1.0})
 
 
 class DistillConfig(StrictConfig):

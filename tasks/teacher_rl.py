@@ -58,7 +58,7 @@ REGISTRY_PREFIX = "registry:"
 WARM_START_SETTINGS = {"learning_rate", "steps", "stop_at", "rows_per_step"}  # what the warm_start rule sets
 LR_SCHEDULE = "cosine"  # decay over `steps` settles the policy late (a constant rate diverged or plateaued lower)
 TEMPERATURE = 1.0
-WARM_START = Rule(below=0.02, settings={"learning_rate": 2e-3, "steps": 800, "stop_at": 0.20, "rows_per_step": 48})
+WARM_START = Rule(below=0.05, settings={"learning_rate": 2e-3, "steps": 800, "stop_at": 0.20, "rows_per_step": 48})
 
 
 class TeacherConfig(StrictConfig):

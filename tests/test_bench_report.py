@@ -85,3 +85,21 @@ def test_the_cold_target_table_gives_each_variants_share_of_the_teachers_gain_an
     table = cold_target_markdown([result]).splitlines()
     assert table[3] == "| replay_0.625 | 0 | 0.0 -> 12.0 (0.30) | -1.2 (-2.5) | -2.3 (-4.5) | fails |"
     assert table[2] == "| default | 0 | 0.0 -> 10.0 (0.25) | -0.6 (-1.8) | -0.6 (-2.6) | passes |"
+
+
+def test_every_cold_target_variant_is_a_valid_distillation_setting_that_changes_only_what_it_names():
+    """The variants are applied as `bench.cold_target.run` applies them: over the sequence's distillation settings,
+    a rule variant given in part (the rest of the rule is the default's)."""
+    from bench.cold_target import VARIANTS
+    from tasks.distill_config import COLD_TARGET, DistillConfig
+
+    base = DistillConfig()
+    for name, variant in VARIANTS.items():
+        cfg = base.model_validate({**base.model_dump(), **variant})
+        settings = variant.get("cold_target", {}).get("settings", {})
+        assert cfg.cold_target.below == COLD_TARGET.below, name
+        assert cfg.cold_target.settings == {**COLD_TARGET.settings, **settings}, name
+        others = {k: v for k, v in variant.items() if k != "cold_target"}
+        assert cfg.model_dump(exclude={"cold_target"}) == {**base.model_dump(exclude={"cold_target"}), **others}, name
+    assert VARIANTS["default"] == {} and VARIANTS["steps_600"]["cold_target"]["settings"] == {
+        "steps": 600, "weight_decay": 0.0}

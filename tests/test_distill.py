@@ -113,55 +113,6 @@ def test_each_row_loss_is_reverse_kl_to_its_own_teacher(tmp_path):
     assert metrics["kl/target"][-1] == pytest.approx(float((own[0] + own[3]) / (tokens[0] + tokens[3])), rel=1e-4)
     assert metrics["kl/anchor"][-1] == pytest.approx(float((own[1] + own[2]) / (tokens[1] + tokens[2])), rel=1e-4)
 
-    # The optional KL-to-anchor term adds coef x KL(student || anchor) on the target rows only.
-    trainer.anchor_route, trainer.anchor_kl_coef = "anchor", 0.5
-    loss, _, _ = trainer._compute_loss(student, batch, None)
-    to_anchor = _reverse_kl_per_row(student, anchor, batch)
-    expected = (own.sum() + 0.5 * (to_anchor[0] + to_anchor[3])) / tokens.sum()
-    torch.testing.assert_close(loss, expected.detach(), rtol=1e-4, atol=1e-6)
-
-
-def test_teacher_sampled_rows_carry_their_teachers_completion(tmp_path, base_folder, teacher, monkeypatch):
-    """A row marked `sampled_by="teacher"` gets its completion from its route's teacher, every other row from the
-    student; the step's token count covers both. Near-zero temperature makes sampling greedy, so each completion
-    can be compared with the model's own greedy answer."""
-    import torch
-    from datasets import Dataset
-    from trl import DistillationConfig, DistillationTrainer
-
-    from continual_opd.decoding import greedy_complete
-    from continual_opd.modelio import load_model
-    from demo_world.skills import SKILLS
-    from tasks.routed_distillation import RoutedDistillationTrainer
-
-    torch.set_num_threads(1)
-    student, tok = load_model(base_folder)
-    teacher_model, _ = load_model(teacher.model.folder, frozen=True)
-    items = SKILLS["add"].items("heldout", 24, seed=5)
-    rows = [{"prompt": it.prompt, "route": "target", "sampled_by": "teacher" if i % 2 else "student"}
-            for i, it in enumerate(items)]
-    args = DistillationConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none",
-                              per_device_train_batch_size=len(rows), max_completion_length=8, temperature=1e-4)
-    trainer = RoutedDistillationTrainer(student, {"target": teacher_model}, args=args,
-                                        train_dataset=Dataset.from_list(rows), processing_class=tok)
-    student_sampled = []  # prompts per call to TRL's own sampler: the student must not sample the teacher's rows
-    trl_sampler = DistillationTrainer._generate_single_turn
-    monkeypatch.setattr(DistillationTrainer, "_generate_single_turn",
-                        lambda self, ids, *a, **k: student_sampled.append(len(ids)) or trl_sampler(self, ids, *a, **k))
-    out = trainer._generate_and_score_completions(rows)
-    assert student_sampled == [len(rows) // 2]
-    got = [tok.decode(c[m.bool()], skip_special_tokens=True) for c, m in zip(out["completion_ids"],
-                                                                               out["completion_mask"])]
-    prompts = [it.prompt for it in items]
-    by_student, by_teacher = greedy_complete(student, tok, prompts), greedy_complete(teacher_model, tok, prompts)
-    assert sum(a != b for a, b in zip(by_student, by_teacher)) >= 4, "the models must differ for the test to mean it"
-    assert got == [by_teacher[i] if i % 2 else by_student[i] for i in range(len(rows))]
-    assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
-    mode = "train" if trainer.model.training else "eval"
-    assert trainer._metrics[mode]["teacher_sampled_rows"][-1] == len(rows) // 2
-    with pytest.raises(ValueError, match="sampled_by"):
-        trainer._generate_and_score_completions([{**rows[0], "sampled_by": "oracle"}])
-
 
 # --------------------------------------------------------------------------------------- guards
 
@@ -211,7 +162,7 @@ def test_replay_covers_the_core_skills_and_the_targets_taught_before(home):
     assert replay_skills(cfg, CATALOGUE, "add", home, model) == list(CORE_SKILLS)
     # own teachers: version 2 is not in the registry here, so add is replayed against the champion, not an error
     assert taught_teachers(home, model, ["add"]) == {}
-    no_taught = cfg.model_copy(update={"replay_taught": False})
+    no_taught = cfg.model_copy(update={"taught_replay_weight": 0.0})  # 0: no taught replay
     assert replay_skills(no_taught, CATALOGUE, "sub", home, model) == list(CORE_SKILLS)
 
     rows = training_rows(SKILLS["sub"].items("train", 64), cfg, CATALOGUE,
@@ -235,45 +186,79 @@ def test_replay_covers_the_core_skills_and_the_targets_taught_before(home):
 
 
 def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_taught_skills():
-    """The cold-target rule: `cold_target_steps` steps, `cold_target_replay_fraction` of each step replay,
-    `cold_target_weight_decay` and `cold_target_teacher_sampled_fraction` of its target rows sampled by the
-    teacher; never less replay or decay than configured, no replay when the update is configured without it; the
+    """The cold-target rule (routed methods): below its `below` it sets its settings, 1,200 steps, 62.5% of
+    each step replay and AdamW decay 1.0, whatever the update was configured with (the rule sets, it does not
+    merely raise); opd_no_replay still replays nothing; grpo and sft are never touched; a rule given in part keeps
+    the rest of the default's, `below: 0` turns it off, and a setting the stage does not have is refused. The
     held-out curve covers the target, the core skills and each replayed taught skill."""
     from collections import Counter
 
-    from demo_world.skills import CORE_SKILLS, SKILLS
-    from tasks.distill_config import ANCHOR_ROUTE, TARGET_ROUTE, DistillConfig
-    from continual_opd.suites import suite_names
-    from tasks.distill_training import cold_target, cold_target_accuracy, cold_target_settings, training_rows
+    from pydantic import ValidationError
 
-    cfg = DistillConfig(prompts_per_step=64, cold_target_replay_fraction=0.625,
-                        cold_target_teacher_sampled_fraction=0.5)
-    assert cold_target(cfg, 0.0) and not cold_target(cfg, cfg.cold_target_below) and not cold_target(cfg, None)
-    for off in (cfg.model_copy(update={"cold_target_below": 0.0}), cfg.model_copy(update={"method": "grpo"})):
-        assert cold_target_accuracy(None, None, SKILLS["mul"], off, CATALOGUE) is None, "not measured: no rule"
-    cold = cold_target_settings(cfg)
-    assert cold.steps == cfg.cold_target_steps and cold.replay_fraction == 0.625
-    assert cfg.weight_decay == 0.0 and cold.weight_decay == cfg.cold_target_weight_decay == 1.0
-    assert cold_target_settings(cfg.model_copy(update={"weight_decay": 2.0})).weight_decay == 2.0
-    assert cold_target_settings(cfg.model_copy(update={"replay_fraction": 0.8})).replay_fraction == 0.8
-    assert cold_target_settings(cfg.model_copy(update={"replay_fraction": 0.0})).replay_fraction == 0.0
+    from continual_opd.suites import suite_names
+    from demo_world.skills import CORE_SKILLS, SKILLS
+    from flows.params import load_params
+    from tasks.distill_config import ANCHOR_ROUTE, COLD_TARGET, TARGET_ROUTE, DistillConfig
+    from tasks.distill_training import apply_rules, training_rows
+
+    cfg = DistillConfig(prompts_per_step=64)
+    assert cfg.cold_target == COLD_TARGET and 0 < COLD_TARGET.below < 0.07, "a 7% sub is not cold"
+    assert cfg.weight_decay == 0.0 and cfg.replay_fraction == 0.5
+    cold, fired, metrics = apply_rules(cfg, 0.0)
+    assert fired == ["cold_target"] and metrics == {"cold_target/champion_accuracy": 0.0, "cold_target": 1.0}
+    assert (cold.steps, cold.replay_fraction, cold.weight_decay) == (1200, 0.625, 1.0)
+    assert cold.model_dump() == {**cfg.model_dump(), "steps": 1200, "replay_fraction": 0.625, "weight_decay": 1.0}
+    for accuracy in (cfg.cold_target.below, 0.5):  # at or above `below`: the settings asked for train
+        same, fired, metrics = apply_rules(cfg, accuracy)
+        assert same == cfg and fired == [] and metrics == {"cold_target/champion_accuracy": accuracy,
+                                                           "cold_target": 0.0}
+    assert apply_rules(cfg, None) == (cfg, [], {}), "no measurement, no rule"
+    # the rule sets its values: more decay or replay than it sets is lowered to them, none is raised to them
+    for asked in ({"weight_decay": 2.0}, {"replay_fraction": 0.8}, {"replay_fraction": 0.0}):
+        after, _, _ = apply_rules(cfg.model_copy(update=asked), 0.0)
+        assert (after.replay_fraction, after.weight_decay) == (0.625, 1.0), asked
+    no_replay, fired, _ = apply_rules(cfg.model_copy(update={"method": "opd_no_replay"}), 0.0)
+    assert fired == ["cold_target"] and no_replay.steps == 1200 and no_replay.replay_per_step == 0
+    for method in ("grpo", "sft_teacher_samples"):  # the rule is the routed methods'
+        other = cfg.model_copy(update={"method": method})
+        assert apply_rules(other, 0.0) == (other, [], {}), method
+
+    # given in part (a YAML section, a Python dict, or `--set`): the rest is the default's
+    part = DistillConfig(cold_target={"settings": {"steps": 6}})
+    assert part.cold_target.below == COLD_TARGET.below
+    assert part.cold_target.settings == {"steps": 6, "replay_fraction": 0.625, "weight_decay": 1.0}
+    assert apply_rules(part, 0.0)[0].steps == 6 and apply_rules(part, 0.0)[0].weight_decay == 1.0
+    params = load_params("b.jsonl", overrides=["distill.cold_target.settings.steps=6"])
+    assert params.distill.cold_target == part.cold_target
+    off = DistillConfig(cold_target={"below": 0.0})
+    assert off.cold_target.settings == cfg.cold_target.settings
+    assert apply_rules(off, 0.0)[1] == [], "below 0 never fires"
+    with pytest.raises(ValidationError, match="stepz"):
+        DistillConfig(cold_target={"settings": {"stepz": 6}})
+
     few = cold.model_copy(update={"steps": 3})
     rows = training_rows(SKILLS["mul"].items("train", 64), few, CATALOGUE, [*CORE_SKILLS, "add", "sub"])
-    assert cold.teacher_sampled_fraction == 0.5 and cfg.teacher_sampled_fraction == 0.0
     for step in range(few.steps):
         routes = Counter(r["route"] for r in rows[step * 64:(step + 1) * 64])
-        assert routes[ANCHOR_ROUTE] == round(64 * cfg.cold_target_replay_fraction) == 40
-        sampled = Counter((r["route"], r["sampled_by"]) for r in rows[step * 64:(step + 1) * 64])
-        assert sampled[(TARGET_ROUTE, "teacher")] == sampled[(TARGET_ROUTE, "student")] == 12, "half of the target"
-        assert sampled[(ANCHOR_ROUTE, "teacher")] == 0, "replay rows stay on-policy"
+        assert routes == {ANCHOR_ROUTE: round(64 * 0.625), TARGET_ROUTE: 64 - round(64 * 0.625)} == {
+            ANCHOR_ROUTE: 40, TARGET_ROUTE: 24}
     assert suite_names(CATALOGUE, "mul", [*CORE_SKILLS, "add", "sub"]) == ["mul", *CORE_SKILLS, "add", "sub"]
     assert suite_names(CATALOGUE, "add", list(CORE_SKILLS)) == ["add", *CORE_SKILLS]
 
 
-def test_the_cold_target_rule_decides_on_the_champion_over_cold_target_items(monkeypatch):
-    """The rule scores the champion on the first `cold_target_items` items of the target's gate suite (all of them
-    where the skill has fewer), not on the training curve's `eval_items`: 200 items misjudged a 7% sub as cold."""
-    from continual_opd.suites import build_suites
+class _RulesApplied(Exception):
+    """Raised by the test's `on_rules`: the rule has decided, nothing trains."""
+
+
+@pytest.mark.parametrize("skill, champion_accuracy, fires", [("sub", 0.0, True), ("sub", 0.07, False),
+                                                              ("mul", 0.0, True)])
+def test_the_cold_target_rule_decides_on_the_first_point_of_the_curve_over_selection_items(
+        monkeypatch, tmp_path, skill, champion_accuracy, fires):
+    """The rule reads the champion's accuracy on the target's `eval_items` selection-part items (all of them where
+    the skill has fewer: sub and mul), minus the batch's prompts: the training curve's first point, never the gate's
+    items. A 7% sub is not cold. `on_rules` gets the settings after the rule, before anything trains."""
+    from continual_opd import training
+    from continual_opd.suites import build_suites, part_items, part_of
     from demo_world.skills import SKILLS
     from tasks import distill_training
     from tasks.distill_config import DistillConfig
@@ -281,16 +266,40 @@ def test_the_cold_target_rule_decides_on_the_champion_over_cold_target_items(mon
     scored = {}
 
     def fake_accuracy(model, tokenizer, items, verify, max_new_tokens):
-        scored["items"] = [it.id for it in items]
-        return sum(it.answer.endswith("7") for it in items) / len(items), []
+        scored[items[0].skill] = list(items)
+        return (champion_accuracy if items[0].skill == skill else 1.0), []
 
-    monkeypatch.setattr(distill_training, "skill_accuracy", fake_accuracy)
-    cfg = DistillConfig(eval_items=200, cold_target_items=900)
-    accuracy = distill_training.cold_target_accuracy(None, None, SKILLS["sub"], cfg, CATALOGUE)
-    gate = [it.id for it in build_suites(CATALOGUE, ["sub"])["sub"]]
-    assert scored["items"] == gate[:900] and 0 < accuracy < 1
-    distill_training.cold_target_accuracy(None, None, SKILLS["mul"], cfg, CATALOGUE)
-    assert len(scored["items"]) == len(build_suites(CATALOGUE, ["mul"])["mul"]) == 192, "all mul has"
+    class Log:
+        def add(self, *a, **k):
+            pass
+
+        flush = add
+
+    decided = {}
+
+    def on_rules(cfg, fired):
+        decided.update(cfg=cfg, fired=fired)
+        raise _RulesApplied
+
+    monkeypatch.setattr(training, "skill_accuracy", fake_accuracy)
+    monkeypatch.setattr(distill_training, "load_model", lambda folder: (None, None))
+    cfg = DistillConfig()
+    assert cfg.eval_items == 300
+    targets = SKILLS[skill].items("train", 32, seed=1)
+    with pytest.raises(_RulesApplied):
+        distill_training.train_candidate(targets, SKILLS[skill], ModelRef(name="c", version="1", folder="unused"),
+                                         None, cfg, CATALOGUE, tmp_path, Log(), [], [], on_rules=on_rules)
+    read = scored[skill]
+    selection = part_items(SKILLS[skill], "selection", cfg.eval_items, seed=31337)
+    assert [it.id for it in read] == [it.id for it in selection], "the target's selection items, in draw order"
+    assert all(part_of(skill, it.prompt) == "selection" for it in read)
+    assert not {it.id for it in read} & {it.id for it in build_suites(CATALOGUE, [skill])[skill]}
+    assert not {it.prompt for it in read} & {it.prompt for it in targets}
+    whole_part = part_items(SKILLS[skill], "selection", 1000, seed=0)  # sub: about 250, mul: about 45
+    assert len(read) == min(cfg.eval_items, len(whole_part)) and len(whole_part) < cfg.eval_items
+    assert set(scored) == {skill, *CATALOGUE.core}, "the curve covers the target and the core skills"
+    assert decided["fired"] == (["cold_target"] if fires else [])
+    assert decided["cfg"].steps == (1200 if fires else cfg.steps)
 
 
 def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, champion, home):
@@ -311,8 +320,9 @@ def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, ch
     assert _versions(registry) == before, "nothing may be registered"
 
 
-@pytest.mark.parametrize("guard, says", [("reference_nll", "max_reference_nll"), ("kl", "max_initial_kl")])
-def test_untrained_teacher_is_stopped_by_the_step0_guard(tmp_path, champion, home, guard, says):
+def test_untrained_teacher_is_stopped_by_the_step0_guard(tmp_path, champion, home):
+    """A never-trained model of the same vocabulary is near uniform: its NLL of the reference answers is about
+    ln(69) = 4.2 nats per token whatever the base, above the default bound of 3."""
     from continual_opd import registry
     from continual_opd.modelio import save_model_atomic
     from demo_world.model import build_tiny_model
@@ -324,8 +334,8 @@ def test_untrained_teacher_is_stopped_by_the_step0_guard(tmp_path, champion, hom
     broken = Teacher(model=ModelRef(name="test-teacher", version="902", folder=str(tmp_path / "random")),
                      skill="add", initial_accuracy=0.0, accuracy=0.0, steps=0)
     before = _versions(registry)
-    with pytest.raises(DistillationGuardError, match=says):
-        distill(make_batch(tmp_path), champion, broken, tiny_cfg(seed=102, guard=guard), CATALOGUE, home)
+    with pytest.raises(DistillationGuardError, match="max_reference_nll=3.0"):
+        distill(make_batch(tmp_path), champion, broken, tiny_cfg(seed=102), CATALOGUE, home)
     assert _versions(registry) == before, "nothing may be registered"
 
 
@@ -343,7 +353,8 @@ def test_interrupted_run_resumes_and_registers_a_candidate_with_lineage(tmp_path
 
     from continual_opd import registry
     from continual_opd.modelio import load_model
-    from tasks.distill import candidate_key, distill, replay_skills
+    from continual_opd.fingerprint import training_code
+    from tasks.distill import TRAINING_CODE, candidate_key, distill, replay_skills
     from tasks.distill_training import last_complete_checkpoint
 
     class InterruptAfterFirstSave(TrainerCallback):
@@ -370,18 +381,24 @@ def test_interrupted_run_resumes_and_registers_a_candidate_with_lineage(tmp_path
     # Registered with alias `candidate` and the lineage tags; the folder is complete and loadable.
     version = registry.get_version(TEST_MODEL, candidate.model.version)
     assert str(registry.aliases(TEST_MODEL)[registry.CANDIDATE]) == candidate.model.version
+    # add is not cold (the recipe stops the base at add >= 0.35): no rule fired, so what trained is what was asked
     expected = {"parent_version": champion.version, "teacher_model": teacher.model.name,
                 "teacher_version": teacher.model.version, "data_digest": batch.digest,
-                "config_hash": cfg.config_hash(), "method": "opd", "cold_target": "false", "lora_rank": "0",
-                "replay_teachers": ""}
+                "config_hash": cfg.config_hash(), "requested_config_hash": cfg.config_hash(), "rules_fired": "none",
+                "method": "opd", "role": "candidate", "cold_target": "false", "lora_rank": "0", "replay_teachers": "",
+                "skill": "add", "registration_key": key, "code_fingerprint": training_code(TRAINING_CODE)}
     assert {k: version.tags.get(k) for k in expected} == expected
-    assert version.tags["code_revision"] and "flow_run_id" in version.tags
+    assert version.tags["code_revision"] and "flow_run_id" in version.tags and version.tags["model_folder"]
+    assert "alpha" not in version.tags
     assert candidate.parent_version == champion.version and candidate.method == "opd"
     load_model(candidate.model.folder, device="cpu")
 
     # The stage run is nested under the update's run and holds the training curves.
     run = registry.client().get_run(candidate.run_id)
     assert run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    assert run.data.tags["rules_fired"] == "none" and run.data.tags["config_hash"] == cfg.config_hash()
+    assert {k: run.data.params[f"cfg.{k}"] for k in ("steps", "replay_fraction", "weight_decay")} == {
+        "steps": str(cfg.steps), "replay_fraction": str(cfg.replay_fraction), "weight_decay": str(cfg.weight_decay)}
     for name in ("train/kl/target", "train/kl/anchor", "train/entropy", "train/completions/mean_length",
                  "train/tokens_sampled", "step_seconds", "heldout/add_acc", "heldout/copy_acc", "initial_kl/target",
                  "initial/teacher_reference_nll"):
@@ -403,40 +420,20 @@ def test_baseline_methods_train_and_register(tmp_path, champion, teacher, home, 
     assert registry.get_version(TEST_MODEL, candidate.model.version).tags["method"] == method
 
 
-def test_interpolation_without_the_gates_policy_is_refused_before_training(tmp_path, champion, teacher, home):
-    from continual_opd import registry
-    from tasks.distill import distill
-
-    before = _versions(registry)
-    with pytest.raises(ValueError, match="interpolation_alphas.*selection"):
-        distill(make_batch(tmp_path), champion, teacher, tiny_cfg(interpolation_alphas=[1.0, 0.5]), CATALOGUE, home)
-    assert _versions(registry) == before
-
-
 @pytest.mark.slow
-def test_a_lora_update_and_a_chosen_alpha_register_a_plain_candidate_with_lineage(tmp_path, champion, teacher,
-                                                                                  home):
-    """LoRA trains through TRL's `peft_config`; the adapter is merged, and alpha 0.5 (the largest the stand-in
-    policy passes) is what gets registered, with both in the lineage tags."""
+def test_a_lora_update_registers_a_plain_candidate_with_lineage(tmp_path, champion, teacher, home):
+    """LoRA trains through TRL's `peft_config`; the adapter is merged before saving, and the rank is in the
+    lineage tags."""
     import torch
 
     from continual_opd import registry
     from continual_opd.modelio import load_model
     from tasks.distill import distill
-    from tasks.interpolation import Selection
 
-    tried = []
-
-    def accept(metrics):
-        tried.append(metrics)
-        return len(tried) == 2, ()
-
-    cfg = tiny_cfg(lora_rank=4, steps=2, eval_every=2, seed=106, interpolation_alphas=[1.0, 0.5],
-                   selection_items=20)
-    candidate = distill(make_batch(tmp_path), champion, teacher, cfg, CATALOGUE, home,
-                        selection=Selection(accept=accept, gate_suite_size=1000))
+    cfg = tiny_cfg(lora_rank=4, steps=2, eval_every=2, seed=106)
+    candidate = distill(make_batch(tmp_path), champion, teacher, cfg, CATALOGUE, home)
     tags = registry.get_version(TEST_MODEL, candidate.model.version).tags
-    assert tags["lora_rank"] == "4" and tags["alpha"] == "0.5" and candidate.metrics["alpha"] == 0.5
+    assert tags["lora_rank"] == "4" and "alpha" not in tags
     folder = registry.local_folder(registry.get_version(TEST_MODEL, candidate.model.version))
     assert not (folder / "adapter_config.json").exists()
     trained, _ = load_model(folder, device="cpu")

@@ -17,7 +17,9 @@ def test_a_merged_lora_student_reloads_as_a_plain_folder_with_identical_logits(t
     tok = build_tokenizer()
     base = build_tiny_model(tok, seed=0)
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    peft_model = get_peft_model(base, lora_config(DistillConfig(lora_rank=4, lora_alpha=8)))
+    lora = lora_config(DistillConfig(lora_rank=4))
+    assert (lora.r, lora.lora_alpha) == (4, 8), "alpha is always 2 x rank"
+    peft_model = get_peft_model(base, lora)
     adapted = [n for n, _ in peft_model.named_parameters() if "lora_B" in n]
     assert adapted and any("mlp" in n for n in adapted) and any("self_attn" in n for n in adapted)
     assert not any("lm_head" in n for n in adapted), "the output head stays as it is"

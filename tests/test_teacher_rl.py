@@ -82,17 +82,24 @@ def test_config_is_strict_and_init_is_checked(champion):
 
 
 def test_a_skill_with_few_heldout_prompts_splits_what_it_has():
+    """The selection set comes from the held-out split's selection part, the teacher gate's from its gate part: a
+    small skill gets what each part holds rather than borrowing the other's items."""
+    from continual_opd.suites import part_of
     from demo_world.skills import CATALOGUE
     from tasks.teacher_rl import TeacherConfig, heldout_sets
 
-    mul = CATALOGUE["mul"]  # 192 held-out prompts: the defaults ask for 200 + 400
+    mul = CATALOGUE["mul"]  # 192 held-out prompts, 45 : 147 between the parts; the defaults ask for 200 + 400
+    every = mul.items("heldout", 192)
     eval_set, gate_set, dropped = heldout_sets(mul, [], TeacherConfig())
-    assert (len(eval_set), len(gate_set), dropped) == (64, 128, 0), "the same 1 : 2 proportion as 200 : 400"
-    assert not {it.id for it in eval_set} & {it.id for it in gate_set}
+    assert len(eval_set) + len(gate_set) == len(every) and dropped == 0, "all mul has, split between the parts"
+    assert 30 <= len(eval_set) <= 70 and len(gate_set) == len(every) - len(eval_set)
+    assert {part_of("mul", it.prompt) for it in eval_set} == {"selection"}
+    assert {part_of("mul", it.prompt) for it in gate_set} == {"gate"}
     add = CATALOGUE["add"]
     eval_set, gate_set, _ = heldout_sets(add, [], TeacherConfig())
     assert (len(eval_set), len(gate_set)) == (200, 400), "a skill with enough prompts gets what was asked"
-    every = mul.items("heldout", 192)
+    assert not {it.id for it in eval_set} & {it.id for it in gate_set}
+    assert {part_of("add", it.prompt) for it in eval_set} == {"selection"}
     with pytest.raises(ValueError, match="too few.*train split"):
         heldout_sets(mul, every[1:], TeacherConfig())  # a batch made of the held-out prompts
 

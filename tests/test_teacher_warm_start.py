@@ -1,10 +1,21 @@
 """A teacher for a skill the champion cannot do at all (mul: 0%), and the guard that tells it from a broken one.
 
-GRPO from the champion sees no reward on mul, so the teacher stage warm-starts the teacher with supervised steps
-on the batch's answers (`warm_start_below`), records it in the lineage, and gates the result against the initial
-model as usual. Distillation's default guard (the teacher's NLL of the batch's reference answers) lets that
-teacher through, and still stops an untrained one.
+GRPO from the champion sees no reward on mul, so the teacher stage's `warm_start` rule fires: supervised steps on
+the batch's answers, recorded in the lineage, and the result gated against the initial model as usual.
+Distillation's guard (the teacher's NLL of the batch's reference answers) lets that teacher through, and still
+stops an untrained one.
+
+Why it holds for any base the demo recipe produces: the recipe never trains mul (its mix is add, sub and the core
+skills), so a base answers mul only by chance (this machine's: 1 of the 45 selection items, `2*11=` -> `22`, and
+none of the gate's). The rules' default bound, 2%, is one such hit away on mul's 45 selection items (and 5% three),
+so this test gives both rules a bound of its own, `COLD`, that chance hits cannot reach. The guard's bound, 3 nats per answer
+token: an untrained model is near uniform over the vocabulary, about ln(72) = 4.28 nats whatever the base (it is
+not made from it); the warm-started teacher is fitted by cross-entropy on the very answers the guard scores, and
+is only gated through once it answers held-out mul items exactly, which needs the answer tokens to be likely: far
+below 3 nats (a geometric-mean probability of 5% per token; measured here: 0.54).
 """
+
+import math
 
 import pytest
 
@@ -14,13 +25,15 @@ from tests.helpers.quick_models import make_batch
 
 TEST_MODEL = "test-warm-student"
 TEACHERS = "test-warm-teacher"
+COLD = 0.25  # the rules' bound here: a base that never trained mul scores far below it (see above)
 
 
 @pytest.mark.slow
 def test_a_warm_started_teacher_passes_the_guard_that_stops_an_untrained_one(tmp_path, champion, home,
                                                                               torch_threads):
     from continual_opd import registry
-    from continual_opd.modelio import save_model_atomic
+    from continual_opd.modelio import load_model, save_model_atomic
+    from continual_opd.supervised import answer_nll
     from demo_world.model import build_tiny_model
     from demo_world.tokenizer import build_tokenizer
     from tasks.distill import distill
@@ -30,28 +43,39 @@ def test_a_warm_started_teacher_passes_the_guard_that_stops_an_untrained_one(tmp
     batch = make_batch(tmp_path, n=512, skill="mul")
     # the warm start's own stopping rule (selection-set accuracy 20%, the default): stopping at 10% left the
     # teacher within one held-out item of the gate's 5-point margin, passing or failing with the thread count
-    cfg = TeacherConfig(steps=0, eval_items=64, gate_items=128, gate_margin=0.05, warm_start_steps=400,
-                        registered_model=TEACHERS)
+    cfg = TeacherConfig(steps=0, eval_items=64, gate_items=128, gate_margin=0.05,
+                        warm_start={"below": COLD, "settings": {"steps": 400}}, registered_model=TEACHERS)
+    assert cfg.warm_start.settings["stop_at"] == 0.20 and cfg.warm_start.settings["learning_rate"] == 2e-3, \
+        "the rest is the default's"
     teacher = train_teacher(batch, champion, cfg, CATALOGUE, home)  # no GRPO steps: the warm start alone
     tags = registry.get_version(TEACHERS, teacher.model.version).tags
-    assert teacher.initial_accuracy < cfg.warm_start_below, "mul is a skill the champion cannot do"
+    assert teacher.initial_accuracy < cfg.warm_start.below, "mul is a skill the champion cannot do"
     assert teacher.accuracy >= teacher.initial_accuracy + cfg.gate_margin, "the gate passed on held-out items"
     assert tags["warm_start"].startswith(tuple("123456789")) and "supervised steps" in tags["warm_start"]
+    assert tags["rules_fired"] == "warm_start"
 
+    rule = {"below": COLD, "settings": {"steps": 2, "replay_fraction": 0.75}}
     distill_cfg = DistillConfig(steps=2, prompts_per_step=16, eval_every=2, eval_items=20, checkpoint_every=2,
-                                cold_target_steps=2, cold_target_replay_fraction=0.75, registered_model=TEST_MODEL,
-                                seed=201)
+                                cold_target=rule, registered_model=TEST_MODEL, seed=201)
     candidate = distill(batch, champion, teacher, distill_cfg, CATALOGUE, home)
     assert candidate.metrics["initial/teacher_reference_nll"] <= distill_cfg.max_reference_nll
     assert candidate.metrics["cold_target"] == 1.0 and candidate.metrics["steps"] == 2
-    assert candidate.metrics["replay_fraction"] == distill_cfg.cold_target_replay_fraction
-    # the old step-0 KL guard measured this teacher too and would have stopped it (measured: 4.5 nats against a
-    # bound of 3): a confident teacher of a skill the student lacks is far from the student's own samples
-    assert candidate.metrics["initial_kl/target"] > distill_cfg.max_initial_kl
+    assert candidate.metrics["replay_fraction"] == 0.75
+    assert candidate.metrics["initial_kl/target"] > 0, "the step-0 KL is still measured and logged"
+    # the lineage says what trained (after the rule) beside what was asked
+    trained = distill_cfg.with_settings({"steps": 2, "replay_fraction": 0.75, "weight_decay": 1.0})
+    lineage = registry.get_version(TEST_MODEL, candidate.model.version).tags
+    assert lineage["rules_fired"] == "cold_target" and lineage["cold_target"] == "true"
+    assert lineage["config_hash"] == trained.config_hash() != distill_cfg.config_hash()
+    assert lineage["requested_config_hash"] == distill_cfg.config_hash()
 
     tok = build_tokenizer()
     save_model_atomic(build_tiny_model(tok, seed=9), tok, tmp_path / "untrained")
     untrained = Teacher(model=ModelRef(name=TEACHERS, version="0", folder=str(tmp_path / "untrained")), skill="mul",
                         initial_accuracy=0.0, accuracy=0.0, steps=0)
+    pairs = [(it.prompt, it.answer) for it in CATALOGUE["mul"].items("train", 64, seed=7)]
+    near_uniform = answer_nll(load_model(tmp_path / "untrained", device="cpu")[0], tok, pairs)
+    assert abs(near_uniform - math.log(len(tok))) < 0.5, "an untrained model's NLL does not depend on the base"
+    assert near_uniform > distill_cfg.max_reference_nll + 1.0
     with pytest.raises(DistillationGuardError, match="max_reference_nll"):
         distill(batch, champion, untrained, distill_cfg.model_copy(update={"seed": 202}), CATALOGUE, home)
