@@ -75,7 +75,7 @@ def _run_flow(params) -> tuple[str, list[str], object]:
 def run_sequence(quick: bool, extra_overrides: list[str] = (), seed: int = 0, on_update=None) -> dict:
     """The sequence in the current home (`CONTINUAL_OPD_HOME`), which must be fresh. `on_update` gets the updates
     so far after each one (the command writes them, so a stopped run keeps what it measured)."""
-    started = time.time()
+    started, revision = time.time(), code_revision()  # the code this process runs: read before it can change
     home = prepare_stores(current_home())
     bootstrap(home)
     config = QUICK_CONFIG if quick else None
@@ -116,7 +116,7 @@ def run_sequence(quick: bool, extra_overrides: list[str] = (), seed: int = 0, on
             on_update({"quick": quick, "seed": seed, "home": str(home.root), "partial": True, "updates": updates})
     model = accuracy_matrix.load(home, registry.STUDENT_MODEL)
     gem = accuracy_matrix.gem_metrics(model)
-    return {"quick": quick, "seed": seed, "code_revision": code_revision(), "home": str(home.root),
+    return {"quick": quick, "seed": seed, "code_revision": revision, "home": str(home.root),
             "sequence": list(SEQUENCE), "updates": updates,
             "matrix": model, "columns": accuracy_matrix.columns(model), "ACC": gem["ACC"], "BWT": gem["BWT"],
             "acceptance": acceptance(updates),
@@ -189,7 +189,7 @@ def continual_summary_markdown(results: list[dict]) -> str:
     lines = ["| seed | sample | promoted | share of teacher gain (add / sub / mul) | taught skills after the last "
              "update (change since taught, points) | drift/kl_core (max) | minutes |", "|---|---|---|---|---|---|---:|"]
     for r in results:
-        acc = r["acceptance"]
+        acc = r.get("acceptance") or acceptance(r["updates"])  # partial or older runs did not record it
         promoted = sum(u["outcome"] == "promoted" for u in r["updates"])
         shares = " / ".join("-" if acc["share_of_teacher_gain"].get(s) is None
                             else f"{acc['share_of_teacher_gain'][s]:.2f}" for s in r["sequence"])
