@@ -28,9 +28,11 @@ from continual_opd.config import StrictConfig
 class Rule(StrictConfig):
     """One named rule of a stage: when it fires, and what it sets."""
 
-    below: float = Field(ge=0, le=1, description="Fires when the initial model's accuracy on the target's selection "
-                                                 "items is below this (0 = never).")
-    settings: dict[str, int | float] = Field(description="What the rule sets when it fires (setting -> value).")
+    # defaults, so that a rule given in part passes the Prefect server's schema check; the stage fills the rest in
+    below: float = Field(0.0, ge=0, le=1, description="Fires when the initial model's accuracy on the target's "
+                                                      "selection items is below this (0 = never).")
+    settings: dict[str, int | float] = Field(default_factory=dict, description="What the rule sets when it fires "
+                                                                               "(setting -> value).")
 
     def fires(self, accuracy: float) -> bool:
         return accuracy < self.below

@@ -19,6 +19,7 @@ items it does not (gates/default_policy.yaml). A skill whose gate part is smalle
 
 import hashlib
 import math
+from functools import lru_cache
 from collections.abc import Sequence
 
 from continual_opd.skills import Catalogue, Item
@@ -41,16 +42,22 @@ def part_items(skill, part: str, n: int, seed: int) -> list[Item]:
     """Up to `n` held-out items of `skill` in `part`, in the order the skill draws them from `seed`.
 
     Skills draw prefix-stably (the first k items of a larger draw are the draw of k), so this asks for more held-out
-    items until it has `n` of the part or the split runs out."""
+    items until it has `n` of the part or the split runs out. Cached per process: a small skill's split is drawn to
+    exhaustion, which costs about a second, and the gate, the contract and the curves ask for the same items."""
     if part not in PARTS:
         raise ValueError(f"unknown part {part!r}; use one of {PARTS}")
+    return list(_part_items(skill, part, n, seed))
+
+
+@lru_cache(maxsize=512)
+def _part_items(skill, part: str, n: int, seed: int) -> tuple[Item, ...]:
     share = SELECTION_FRACTION if part == "selection" else 1 - SELECTION_FRACTION
     asked = math.ceil(n / share * 1.2) + 20
     while True:
         drawn = skill.items("heldout", asked, seed=seed)
         kept = [it for it in drawn if part_of(skill.id, it.prompt) == part]
         if len(kept) >= n or len(drawn) < asked:
-            return kept[:n]
+            return tuple(kept[:n])
         asked *= 2
 
 

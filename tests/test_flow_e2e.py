@@ -81,7 +81,7 @@ def test_the_real_flow_runs_all_five_stages_offline(champion, home, offline):
         assert candidate.tags.get(key), key
     after = registry.aliases(registry.STUDENT_MODEL)
     if code == 0:
-        assert after[registry.CHAMPION] == candidate.version and after[registry.PREVIOUS_CHAMPION] == before
+        assert after[registry.CHAMPION] == str(candidate.version) and after[registry.PREVIOUS_CHAMPION] == before
     else:
         assert after[registry.CHAMPION] == before and candidate.tags["gate_decision"] == "rejected"
 

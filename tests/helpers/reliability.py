@@ -28,11 +28,11 @@ CANARY_TOKEN = "hf_canaryTOKEN0123456789abcdef"
 # learning rate is so small that its answers cannot change: it never beats the initial model on the selection
 # items, so the initial weights are kept and pass the teacher gate at margin 0 (16 noisy held-out items could
 # otherwise fail it by chance and end the update with exit 4 before a kill point). The warm-start and cold-target
-# rules keep tiny budgets too, should 16 selection items make them fire.
+# rules stay out of the way: the warm start is off (it would change the teacher), the cold target keeps a tiny budget.
 TINY = [
     "teacher.steps=4", "teacher.eval_every=2", "teacher.eval_items=16", "teacher.gate_items=16",
     "teacher.prompts_per_step=8", "teacher.num_generations=2", "teacher.gate_margin=0", "teacher.learning_rate=1e-12",
-    "teacher.warm_start.settings.steps=4",
+    "teacher.warm_start.below=0",  # the teacher must not change (see above): no warm start either
     "distill.steps=6", "distill.checkpoint_every=2", "distill.eval_every=3", "distill.eval_items=16",
     "distill.prompts_per_step=16", "distill.cold_target.settings.steps=6",
     "evaluation.suite_size=40", "evaluation.bootstrap_resamples=200",
