@@ -6,11 +6,10 @@ whether skills taught earlier survive the later updates. This runs three updates
 matrix with GEM's ACC and BWT (`gates.accuracy_matrix`, filled in by the evaluate and gate stages).
 
 The third skill, `mul`, is one the pretrained base cannot do at all (0.0 greedy and sampled). The sequence
-runs it with the flow's defaults like the others: the product's rules handle it (the teacher stage warm-starts
-a teacher below 5% held-out accuracy, splits the 192 held-out mul prompts between its two held-out sets, and
-distillation trains a target the champion cannot do for `cold_target_steps`, with `cold_target_replay_fraction`
-of each step replay). No update gets an override; an update that is rejected or stopped is reported as such,
-never retried. `--seed` seeds the teacher and distillation of every update alike.
+runs it with the flow's defaults like the others: the product's rules handle a target the initial model cannot do
+(`continual_opd.rules`: the teacher stage's `warm_start` and distillation's `cold_target`, measured on the target's
+selection items and the batch's prompts). No update gets an override; an update that is rejected or stopped is
+reported as such, never retried. `--seed` seeds the teacher and distillation of every update alike.
 
 The acceptance numbers of the sequence (`acceptance`): every update promoted; after the last update, each
 earlier-taught skill within 2 points of its accuracy when it was taught; each update's gain on its target at
@@ -56,10 +55,11 @@ BATCH_ROWS = 2048  # `continual-opd demo`'s default batch size
 # are screening seeds now. Seeds 11-13 have chosen nothing: out of sample.
 REPORT_SEEDS, OUT_OF_SAMPLE_SEEDS, SCREENING_SEEDS = (0, 1, 2), (11, 12, 13), (5, 6, 7, 8, 9, 10, 100, 101, 102)
 
-# Budgets (flow `--set` overrides). Full: the flow's defaults (measured: teacher.steps=200, distill.steps=80
-# took 8.4 minutes for the sequence on one thread, so the defaults fit ~22 minutes). Quick: configs/smoke.yaml.
+# Budgets. Full: the flow's defaults, no override. Quick: configs/smoke.yaml.
 FULL_OVERRIDES: list[str] = []
 QUICK_CONFIG = str(ROOT / "configs" / "smoke.yaml")
+
+
 def _run_flow(params) -> tuple[str, list[str], object]:
     """One update through the flow as `continual-opd run` runs it (`cli.run_flow`), printing the same summary;
     returns (outcome, reasons, result)."""

@@ -114,7 +114,10 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
     heldout = heldout_callback(tokenizer, eval_sets, catalogue, logger, every=cfg.eval_every,
                                max_new_tokens=answer_tokens(cfg.max_completion_length), log_prefix="train")
     heldout.evaluate(student, 0)  # the champion's accuracy: the reference for every curve, resumed or not
-    cfg, fired, metrics = apply_rules(cfg, heldout.initial.get(skill.id))
+    measured = (rules.measure(student, tokenizer, skill.verify, eval_sets[skill.id], targets,
+                              max_new_tokens=answer_tokens(cfg.max_completion_length))
+                if cfg.method in ROUTED_METHODS else None)
+    cfg, fired, metrics = apply_rules(cfg, measured)
     if on_rules is not None:
         on_rules(cfg, fired)  # the lineage: the settings that train, after every rule
     metrics["replay_fraction"] = cfg.replay_per_step / cfg.prompts_per_step  # the share of each step's rows
@@ -148,19 +151,21 @@ def train_candidate(targets, skill, champion, teacher, cfg: DistillConfig, catal
     return model, tokenizer, metrics, cfg, fired
 
 
-def apply_rules(cfg: DistillConfig, champion_accuracy: float | None) -> tuple[DistillConfig, list[str], dict]:
-    """The stage's rules (`continual_opd.rules`), measured on the champion's accuracy over the target's selection
-    items: (the settings that train, the rules that fired, the metrics that record both).
+def apply_rules(cfg: DistillConfig, measured: dict[str, float] | None) -> tuple[DistillConfig, list[str], dict]:
+    """The stage's rules (`continual_opd.rules`), on the champion's accuracy over the rules' measurement items (the
+    target's selection items and the batch's prompts, `rules.measure`): (the settings that train, the rules that
+    fired, the metrics that record all three).
 
     `cold_target` (routed methods only): a skill the champion cannot do at all is learned from the batch's prompts
     alone, and its first steps (a forward KL of about 9 nats on the student's garbage samples) pull hardest on the
     skills taught before. The rule's demo-world settings train it 12 times longer, with 62.5% of each step replay
     and AdamW decay 1.0 (docs/benchmark.md, "The cold-target rule", measures each of them).
     """
-    if cfg.method not in ROUTED_METHODS or champion_accuracy is None:
+    if cfg.method not in ROUTED_METHODS or measured is None:
         return cfg, [], {}
-    fired, settings = rules.fire({"cold_target": cfg.cold_target}, champion_accuracy)
-    metrics = {"cold_target/champion_accuracy": champion_accuracy, "cold_target": float("cold_target" in fired)}
+    fired, settings = rules.fire({"cold_target": cfg.cold_target}, measured["accuracy"])
+    metrics = {"cold_target/champion_accuracy": measured["accuracy"], "cold_target/measured_items": measured["items"],
+               "cold_target": float("cold_target" in fired)}
     return (cfg.with_settings(settings) if fired else cfg), fired, metrics
 
 

@@ -291,10 +291,11 @@ def _train_and_gate(rows, skill, catalogue: Catalogue, initial_folder: Path, ide
     initial_gate, _ = skill_accuracy(model, tokenizer, gate_set, skill.verify, max_new_tokens=max_new_tokens)
     metrics.add({"heldout/dropped_overlapping": dropped}, 0)
     start_folder, warm = initial_folder, None
-    initial_eval, _ = skill_accuracy(model, tokenizer, eval_set, skill.verify, max_new_tokens=max_new_tokens)
-    fired, settings = rules.fire({"warm_start": cfg.warm_start}, initial_eval)
+    measured = rules.measure(model, tokenizer, skill.verify, eval_set, rows, max_new_tokens=max_new_tokens)
+    fired, settings = rules.fire({"warm_start": cfg.warm_start}, measured["accuracy"])
     stage.trained_with(cfg, fired)
-    metrics.add({"warm_start/initial_accuracy": initial_eval, "warm_start": float(bool(fired))}, 0)
+    metrics.add({"warm_start/initial_accuracy": measured["accuracy"], "warm_start/measured_items": measured["items"],
+                 "warm_start": float(bool(fired))}, 0)
     if fired:  # rule: RL alone gets no reward on a skill the model cannot do
         warm = warm_start(model, tokenizer, rows, skill, catalogue, eval_set, seed=cfg.seed,
                           max_new_tokens=max_new_tokens, **settings)
@@ -331,8 +332,9 @@ def _train_and_gate(rows, skill, catalogue: Catalogue, initial_folder: Path, ide
         raise TeacherGateFailed(skill.id, initial_gate, teacher_gate, cfg.gate_margin, len(gate_set),
                                 steps_run, stage.run_id)
     outcome.update(initial_accuracy=initial_gate, accuracy=teacher_gate, best_step=callback.best_step)
-    warm_tag = (f"{warm['steps']} supervised steps at lr {settings['learning_rate']:g}: selection-set accuracy "
-                f"{initial_eval:.3f} -> {warm['accuracy']:.3f}") if warm else "none"
+    warm_tag = (f"{warm['steps']} supervised steps at lr {settings['learning_rate']:g} (initial accuracy "
+                f"{measured['accuracy']:.3f} on {measured['items']:.0f} selection and batch items): selection-set "
+                f"accuracy {warm['accuracy']:.3f}") if warm else "none"
     return Trained(
         model, tokenizer, report_file="teacher_report.json",
         report={**identity, "initial_accuracy": initial_gate, "accuracy": teacher_gate, "warm_start": warm,

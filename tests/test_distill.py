@@ -201,38 +201,40 @@ def test_a_cold_target_trains_longer_with_more_replay_and_its_curve_shows_the_ta
     from tasks.distill_config import ANCHOR_ROUTE, COLD_TARGET, TARGET_ROUTE, DistillConfig
     from tasks.distill_training import apply_rules, training_rows
 
+    COLD = {"accuracy": 0.0, "items": 700.0}  # a champion that answers none of the rule's measurement items
     cfg = DistillConfig(prompts_per_step=64)
     assert cfg.cold_target == COLD_TARGET and 0 < COLD_TARGET.below < 0.07, "a 7% sub is not cold"
     assert cfg.weight_decay == 0.0 and cfg.replay_fraction == 0.5
-    cold, fired, metrics = apply_rules(cfg, 0.0)
-    assert fired == ["cold_target"] and metrics == {"cold_target/champion_accuracy": 0.0, "cold_target": 1.0}
+    cold, fired, metrics = apply_rules(cfg, {"accuracy": 0.0, "items": 700.0})
+    assert fired == ["cold_target"] and metrics == {"cold_target/champion_accuracy": 0.0,
+                                                    "cold_target/measured_items": 700.0, "cold_target": 1.0}
     assert (cold.steps, cold.replay_fraction, cold.weight_decay) == (1200, 0.625, 1.0)
     assert cold.model_dump() == {**cfg.model_dump(), "steps": 1200, "replay_fraction": 0.625, "weight_decay": 1.0}
     for accuracy in (cfg.cold_target.below, 0.5):  # at or above `below`: the settings asked for train
-        same, fired, metrics = apply_rules(cfg, accuracy)
+        same, fired, metrics = apply_rules(cfg, {"accuracy": accuracy, "items": 700.0})
         assert same == cfg and fired == [] and metrics == {"cold_target/champion_accuracy": accuracy,
-                                                           "cold_target": 0.0}
+                                                           "cold_target/measured_items": 700.0, "cold_target": 0.0}
     assert apply_rules(cfg, None) == (cfg, [], {}), "no measurement, no rule"
     # the rule sets its values: more decay or replay than it sets is lowered to them, none is raised to them
     for asked in ({"weight_decay": 2.0}, {"replay_fraction": 0.8}, {"replay_fraction": 0.0}):
-        after, _, _ = apply_rules(cfg.model_copy(update=asked), 0.0)
+        after, _, _ = apply_rules(cfg.model_copy(update=asked), COLD)
         assert (after.replay_fraction, after.weight_decay) == (0.625, 1.0), asked
-    no_replay, fired, _ = apply_rules(cfg.model_copy(update={"method": "opd_no_replay"}), 0.0)
+    no_replay, fired, _ = apply_rules(cfg.model_copy(update={"method": "opd_no_replay"}), COLD)
     assert fired == ["cold_target"] and no_replay.steps == 1200 and no_replay.replay_per_step == 0
     for method in ("grpo", "sft_teacher_samples"):  # the rule is the routed methods'
         other = cfg.model_copy(update={"method": method})
-        assert apply_rules(other, 0.0) == (other, [], {}), method
+        assert apply_rules(other, COLD) == (other, [], {}), method
 
     # given in part (a YAML section, a Python dict, or `--set`): the rest is the default's
     part = DistillConfig(cold_target={"settings": {"steps": 6}})
     assert part.cold_target.below == COLD_TARGET.below
     assert part.cold_target.settings == {"steps": 6, "replay_fraction": 0.625, "weight_decay": 1.0}
-    assert apply_rules(part, 0.0)[0].steps == 6 and apply_rules(part, 0.0)[0].weight_decay == 1.0
+    assert apply_rules(part, COLD)[0].steps == 6 and apply_rules(part, COLD)[0].weight_decay == 1.0
     params = load_params("b.jsonl", overrides=["distill.cold_target.settings.steps=6"])
     assert params.distill.cold_target == part.cold_target
     off = DistillConfig(cold_target={"below": 0.0})
     assert off.cold_target.settings == cfg.cold_target.settings
-    assert apply_rules(off, 0.0)[1] == [], "below 0 never fires"
+    assert apply_rules(off, COLD)[1] == [], "below 0 never fires"
     with pytest.raises(ValidationError, match="stepz"):
         DistillConfig(cold_target={"settings": {"stepz": 6}})
 
@@ -252,22 +254,26 @@ class _RulesApplied(Exception):
 
 @pytest.mark.parametrize("skill, champion_accuracy, fires", [("sub", 0.0, True), ("sub", 0.07, False),
                                                               ("mul", 0.0, True)])
-def test_the_cold_target_rule_decides_on_the_first_point_of_the_curve_over_selection_items(
+def test_the_cold_target_rule_measures_the_champion_on_selection_items_and_the_batch_never_the_gate(
         monkeypatch, tmp_path, skill, champion_accuracy, fires):
     """The rule reads the champion's accuracy on the target's `eval_items` selection-part items (all of them where
-    the skill has fewer: sub and mul), minus the batch's prompts: the training curve's first point, never the gate's
+    the skill has fewer: sub and mul), minus the batch's prompts, and on the batch's own prompts: never the gate's
     items. A 7% sub is not cold. `on_rules` gets the settings after the rule, before anything trains."""
-    from continual_opd import training
+    from continual_opd import rules, training
     from continual_opd.suites import build_suites, part_items, part_of
     from demo_world.skills import SKILLS
     from tasks import distill_training
     from tasks.distill_config import DistillConfig
 
-    scored = {}
+    scored, measured = {}, []
 
     def fake_accuracy(model, tokenizer, items, verify, max_new_tokens):
         scored[items[0].skill] = list(items)
         return (champion_accuracy if items[0].skill == skill else 1.0), []
+
+    def fake_measure(model, tokenizer, items, verify, max_new_tokens):
+        measured.extend(items)
+        return champion_accuracy, []
 
     class Log:
         def add(self, *a, **k):
@@ -282,6 +288,7 @@ def test_the_cold_target_rule_decides_on_the_first_point_of_the_curve_over_selec
         raise _RulesApplied
 
     monkeypatch.setattr(training, "skill_accuracy", fake_accuracy)
+    monkeypatch.setattr(rules, "skill_accuracy", fake_measure)
     monkeypatch.setattr(distill_training, "load_model", lambda folder: (None, None))
     cfg = DistillConfig()
     assert cfg.eval_items == 300
@@ -293,11 +300,15 @@ def test_the_cold_target_rule_decides_on_the_first_point_of_the_curve_over_selec
     selection = part_items(SKILLS[skill], "selection", cfg.eval_items, seed=31337)
     assert [it.id for it in read] == [it.id for it in selection], "the target's selection items, in draw order"
     assert all(part_of(skill, it.prompt) == "selection" for it in read)
-    assert not {it.id for it in read} & {it.id for it in build_suites(CATALOGUE, [skill])[skill]}
+    gate = {it.id for it in build_suites(CATALOGUE, [skill])[skill]}
+    assert not {it.id for it in read} & gate
     assert not {it.prompt for it in read} & {it.prompt for it in targets}
     whole_part = part_items(SKILLS[skill], "selection", 1000, seed=0)  # sub: about 250, mul: about 45
     assert len(read) == min(cfg.eval_items, len(whole_part)) and len(whole_part) < cfg.eval_items
     assert set(scored) == {skill, *CATALOGUE.core}, "the curve covers the target and the core skills"
+    assert [it.id for it in measured] == [it.id for it in [*read, *targets]], \
+        "the rule measures the selection items and the batch's prompts"
+    assert not {it.id for it in measured} & gate, "the rule read an item of the gate's suite"
     assert decided["fired"] == (["cold_target"] if fires else [])
     assert decided["cfg"].steps == (1200 if fires else cfg.steps)
 

@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from continual_opd.batch_io import load_batch
 from continual_opd.skill_files import load_catalogue
 from continual_opd.skills import split_of
 from continual_opd.suites import (SELECTION_FRACTION, all_suite_items, build_suites, part_of, part_items,
@@ -92,6 +93,29 @@ def _recording(monkeypatch, module, reads: list):
     monkeypatch.setattr(module, "heldout_callback", recording)
 
 
+def _recording_measure(monkeypatch, reads: list):
+    """Wrap `rules.measure` (the rules' measurement) so the items it scores are recorded, selection and batch apart."""
+    from continual_opd import rules
+
+    real = rules.measure
+
+    def recording(model, tokenizer, verify, selection, batch, **kwargs):
+        reads.append((list(selection), list(batch)))
+        return real(model, tokenizer, verify, selection, batch, **kwargs)
+
+    monkeypatch.setattr(rules, "measure", recording)
+
+
+def _assert_off_the_gate(measured, batch_prompts):
+    """The rules read selection items and the batch's own (train-split) prompts, and no item of the gate part."""
+    assert measured, "the rules measured"
+    for selection, batch in measured:
+        assert selection and all(part_of(it.skill, it.prompt) == "selection" for it in selection), \
+            "a rule read an item of the gate part"
+        assert batch and {it.prompt for it in batch} <= batch_prompts, "a rule read prompts that are not the batch's"
+        assert all(split_of(it.skill, it.prompt) == "train" for it in batch), "the batch holds held-out prompts"
+
+
 @pytest.mark.slow
 def test_the_teacher_stage_chooses_and_warm_starts_on_selection_items_only(tmp_path, champion, home, monkeypatch,
                                                                            torch_threads):
@@ -100,8 +124,9 @@ def test_the_teacher_stage_chooses_and_warm_starts_on_selection_items_only(tmp_p
     from tasks import teacher_rl
     from tasks.teacher_rl import TeacherConfig, heldout_sets, train_teacher
 
-    choices, warm_reads, accuracy_reads = [], [], []
+    choices, warm_reads, accuracy_reads, measured = [], [], [], []
     _recording(monkeypatch, teacher_rl, choices)
+    _recording_measure(monkeypatch, measured)
     real_warm, real_accuracy = teacher_rl.warm_start, teacher_rl.skill_accuracy
     monkeypatch.setattr(teacher_rl, "warm_start", lambda model, tok, rows, skill, cat, eval_set, **kw: (
         warm_reads.extend(eval_set), real_warm(model, tok, rows, skill, cat, eval_set, **kw))[1])
@@ -116,10 +141,9 @@ def test_the_teacher_stage_chooses_and_warm_starts_on_selection_items_only(tmp_p
     assert choices and warm_reads, "the curve and the warm start ran"
     assert all(part_of(it.skill, it.prompt) == "selection" for it in [*choices, *warm_reads]), \
         "a choice of the teacher stage read an item of the gate part"
-    for items in accuracy_reads:  # the warm-start rule's measurement, or the teacher gate on its own set
-        parts = {part_of(it.skill, it.prompt) for it in items}
-        assert parts == {"selection"} or [it.id for it in items] == [it.id for it in gate_set], \
-            f"an accuracy measured on {parts} items that are not the teacher gate's set"
+    _assert_off_the_gate(measured, {it.prompt for it in load_batch(batch.path)})  # the warm-start rule
+    for items in accuracy_reads:  # the teacher gate, on its own set
+        assert [it.id for it in items] == [it.id for it in gate_set], "an accuracy measured on other items"
 
 
 @pytest.mark.slow
@@ -129,14 +153,17 @@ def test_distillations_curve_and_cold_target_rule_read_selection_items_only(tmp_
     from tasks.distill import distill
     from tasks.distill_config import DistillConfig
 
-    choices = []
+    choices, measured = [], []
     _recording(monkeypatch, distill_training, choices)
+    _recording_measure(monkeypatch, measured)
     teacher = make_teacher(base_folder, tmp_path / "teacher", steps=2)
     cfg = DistillConfig(steps=2, prompts_per_step=16, eval_every=1, eval_items=50, checkpoint_every=2,
                         cold_target={"settings": {"steps": 2}}, max_reference_nll=50.0,
                         registered_model="test-sel-student")
-    candidate = distill(make_batch(tmp_path, n=64, skill="mul"), champion, teacher, cfg, CATALOGUE, home)
+    batch = make_batch(tmp_path, n=64, skill="mul")
+    candidate = distill(batch, champion, teacher, cfg, CATALOGUE, home)
     assert candidate.metrics["cold_target"] == 1.0, "mul is cold: the rule measured and fired"
     assert {it.skill for it in choices} >= {"mul", *CATALOGUE.core}
     assert all(part_of(it.skill, it.prompt) == "selection" for it in choices), \
-        "distillation's curve or cold-target rule read an item of the gate part"
+        "distillation's curve read an item of the gate part"
+    _assert_off_the_gate(measured, {it.prompt for it in load_batch(batch.path)})  # the cold-target rule
