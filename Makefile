@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install install-real demo test test-fast bench bench-quick bench-gpu bench-gpu-smoke serve mlflow-ui clean
+.PHONY: install install-real demo test test-fast test-long bench bench-quick bench-gpu bench-gpu-smoke serve mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,10 +37,15 @@ demo: $(STAMP)
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
-	$(PYTEST) --durations=15
+	$(PYTEST) -m "not long" --durations=15
 
 test-fast: $(STAMP)
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not long"
+
+# The tests that would take make test past 10 minutes on 2 cores: the GPU benchmark's CPU smoke run and the real
+# model's (which needs install-real). CI runs them after make test (.ci/run).
+test-long: install-real
+	$(PYTEST) -m long --durations=15
 
 # The benchmark behind the README's claims: 3 seeds of the grid, and the continual sequence on 6 seeds (0-2, the
 # seeds a recipe was once tuned on, and 11-13, which chose nothing: bench/continual.py), two processes at a time;

@@ -189,6 +189,7 @@ def test_a_tiny_gguf_becomes_a_plain_champion_converted_once(tmp_path, fresh_wor
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_the_real_smollm2_gguf_is_adopted_and_answers(fresh_world, monkeypatch, torch_threads):
     import torch
     from transformers import AutoModelForCausalLM

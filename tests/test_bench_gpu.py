@@ -28,6 +28,7 @@ def test_it_refuses_to_run_without_cuda_and_names_the_smoke_flag(monkeypatch, ca
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_the_cpu_smoke_run_goes_through_every_part(tmp_path):
     env = {**os.environ, "CONTINUAL_OPD_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"

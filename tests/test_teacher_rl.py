@@ -173,13 +173,15 @@ def test_grpo_teaches_add_and_registers_the_teacher_with_lineage(champion, home,
     registry.client()
     with mlflow.start_run(experiment_id=registry.experiment_id("continual-updates"), run_name="update") as parent:
         pass
-    cfg = TeacherConfig(steps=100, eval_every=20, early_stop_accuracy=0.5, gate_margin=0.1)
+    # on items neither training nor the gate's checks choose on; the early stop is relative to the base, which the
+    # pretraining recipe leaves anywhere from 35% to 65% on add
+    probe = skill.items("heldout", 300, seed=99)
+    base_acc, _ = skill_accuracy(*load_model(champion.folder), probe, skill.verify)
+    cfg = TeacherConfig(steps=100, eval_every=20, early_stop_accuracy=min(0.95, base_acc + 0.25), gate_margin=0.1)
     teacher = train_teacher(batch, champion, cfg, DEMO_CATALOGUE, home, parent_run_id=parent.info.run_id)
     assert teacher.accuracy >= teacher.initial_accuracy + 0.1 and 0 < teacher.steps <= 100 and not teacher.reused
 
-    # the registered folder holds the trained weights: on items neither training nor the gate saw, it beats the base
-    probe = skill.items("heldout", 300, seed=99)
-    base_acc, _ = skill_accuracy(*load_model(champion.folder), probe, skill.verify)
+    # the registered folder holds the trained weights: it beats the base on the probe
     teacher_acc, _ = skill_accuracy(*load_model(teacher.model.folder), probe, skill.verify)
     assert teacher_acc >= base_acc + 0.05
 
