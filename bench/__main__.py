@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     if args.rebuild:
         return rebuild(args.rebuild, args.out, args.continual)
 
-    started = time.perf_counter()
+    started, revision = time.perf_counter(), code_revision()  # the code the parts run: read before it can change
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     home = current_home()
     work = home.root / "bench" / stamp
@@ -77,8 +77,8 @@ def main(argv=None) -> int:
     step_eff = json.loads((work / "step_efficiency.json").read_text())
     continual = [json.loads((work / f"continual-seed{seed}.json").read_text()) for seed in seeds] or None
     total = time.perf_counter() - started
-    results = {"stamp": stamp, "quick": args.quick, "total_seconds": total, "part_seconds": seconds,
-               "grid": grid, "step_efficiency": step_eff, "continual": continual}
+    results = {"stamp": stamp, "code_revision": revision, "quick": args.quick, "total_seconds": total,
+               "part_seconds": seconds, "grid": grid, "step_efficiency": step_eff, "continual": continual}
     written = write_results(results, out)
     run_id = log_bench_run(results, written, home)
     log(f"wrote {', '.join(str(p) for p in written)}; MLflow bench run {run_id}; total {total / 60:.1f} min")
@@ -114,7 +114,8 @@ def write_results(results: dict, out: Path) -> list[Path]:
     parts = [
         f"# Benchmark results ({'QUICK smoke run: measures nothing' if results['quick'] else 'make bench'})",
         "",
-        f"Run {results['stamp']}, {results['total_seconds'] / 60:.1f} minutes on this machine "
+        f"Run {results['stamp']} at code {results.get('code_revision', 'not recorded in results.json')}, "
+        f"{results['total_seconds'] / 60:.1f} minutes on this machine "
         f"({os.cpu_count()} CPUs). What the numbers mean: [docs/benchmark.md](../benchmark.md). "
         "Raw data: `results.json`.",
         "",
@@ -157,7 +158,8 @@ def log_bench_run(results: dict, files: list[Path], home) -> str:
     prepare_stores(home)
     mlflow.set_experiment("bench")
     with mlflow.start_run(run_name=f"bench-{results['stamp']}") as run:
-        mlflow.set_tags({"code_revision": code_revision(), "quick": str(results["quick"])})
+        mlflow.set_tags({"code_revision": results.get("code_revision") or code_revision(),
+                         "quick": str(results["quick"])})
         mlflow.log_params({f"grid.{k}": v for k, v in results["grid"]["config"].items()})
         mlflow.log_metrics({**report.flat_metrics(results["grid"], results["step_efficiency"], results["continual"]),
                             "total_seconds": results["total_seconds"]})

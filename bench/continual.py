@@ -184,10 +184,23 @@ def sample_of(seed: int) -> str:
             else "screening" if seed in SCREENING_SEEDS else "other")
 
 
+def _revision(result: dict) -> str:
+    """The commit a sequence ran at, short ('+dirty' kept: uncommitted changes ran too)."""
+    revision = result.get("code_revision") or "not recorded"
+    return revision[:7] + ("+dirty" if revision.endswith("+dirty") else "") if revision != "not recorded" else revision
+
+
+def _base_add(result: dict) -> str:
+    """The base's accuracy on the gate's add suite (every number of a sequence depends on the machine's base)."""
+    first = (result.get("matrix") or {}).get("accuracy", {}).get("1", {})
+    return f"{100 * first['add']:.1f}%" if "add" in first else "-"
+
+
 def continual_summary_markdown(results: list[dict]) -> str:
     """One line per seed against the acceptance: promotions, share of each teacher's gain, worst taught change."""
-    lines = ["| seed | sample | promoted | share of teacher gain (add / sub / mul) | taught skills after the last "
-             "update (change since taught, points) | drift/kl_core (max) | minutes |", "|---|---|---|---|---|---|---:|"]
+    lines = ["| seed | sample | code | base add | promoted | share of teacher gain (add / sub / mul) | taught skills "
+             "after the last update (change since taught, points) | drift/kl_core (max) | minutes |",
+             "|---|---|---|---:|---|---|---|---|---:|"]
     for r in results:
         acc = r.get("acceptance") or acceptance(r["updates"])  # partial or older runs did not record it
         promoted = sum(u["outcome"] == "promoted" for u in r["updates"])
@@ -195,7 +208,8 @@ def continual_summary_markdown(results: list[dict]) -> str:
                             else f"{acc['share_of_teacher_gain'][s]:.2f}" for s in r["sequence"])
         kept = ", ".join(f"{s} {100 * d:+.1f}" for s, d in acc["taught_change_after_last"].items()) or "-"
         kl = max((u.get("kl_core", 0.0) for u in r["updates"]), default=0.0)
-        lines.append(f"| {r.get('seed', 0)} | {sample_of(r.get('seed', 0))} | {promoted}/{len(r['updates'])} | "
+        lines.append(f"| {r.get('seed', 0)} | {sample_of(r.get('seed', 0))} | {_revision(r)} | {_base_add(r)} | "
+                     f"{promoted}/{len(r['updates'])} | "
                      f"{shares} | {kept} | {kl:.4f} | {r['total_seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
@@ -212,7 +226,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.summarise:
         results = [json.loads(p.read_text()) for p in args.summarise]
-        print("\n\n".join([continual_summary_markdown(results), *map(continual_markdown, results)]))
+        rendered = (f"Rendered by `python -m bench.continual --summarise {' '.join(map(str, args.summarise))}`; "
+                    "what the numbers mean: docs/benchmark.md.")
+        print("\n\n".join([rendered, continual_summary_markdown(results), *map(continual_markdown, results)]))
         return 0
     if args.out is None:
         parser.error("--out is required (unless --summarise)")
