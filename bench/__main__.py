@@ -136,7 +136,8 @@ def write_results(results: dict, out: Path) -> list[Path]:
     if results["continual"] is not None:
         sources = results.get("continual_sources")
         parts += ["", "## Continual sequence through the real flow", "",
-                  *([f"From later runs than the tables above: {', '.join(f'`{s}`' for s in sources)} (code "
+                  *([f"From separate runs of bench.continual, not this run: {', '.join(f'`{s}`' for s in sources)} "
+                     "(code "
                      f"{', '.join(sorted({r.get('code_revision', 'not recorded') for r in results['continual']}))})."
                      "", ""] if sources else []),
                   continual_summary_markdown(results["continual"])]
