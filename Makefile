@@ -42,8 +42,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow and not long"
 
-# The tests that would take make test past 10 minutes on 2 cores: the GPU benchmark's CPU smoke run and the real
-# model's (which needs install-real). CI runs them after make test (.ci/run).
+# The tests that would take make test past 10 minutes on 2 cores (marked long: several workers on shared servers,
+# an update killed in every stage, concurrent updates, the GPU benchmark's CPU smoke run, the real model's, which
+# needs install-real).
+# CI runs them after make test (.ci/run).
 test-long: install-real
 	$(PYTEST) -m long --durations=15
 

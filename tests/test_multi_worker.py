@@ -29,7 +29,7 @@ import pytest
 from tests.helpers import reliability as R
 from tools.postgres_stack import missing_reason, postgres_stack
 
-pytestmark = [pytest.mark.slow, pytest.mark.server]
+pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.long]  # 4-5 minutes: make test-long
 
 UPDATE_LIMIT = "continual-opd-update"
 POLICY = """\

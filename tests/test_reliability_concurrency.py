@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import reliability as R
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # 2-3 minutes: make test-long
 
 
 def test_three_concurrent_updates_queue_chain_and_are_all_audited():

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import reliability as R
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # about 3 minutes: make test-long
 
 
 def _state(home: Path) -> dict:
