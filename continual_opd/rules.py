@@ -32,7 +32,8 @@ class Rule(StrictConfig):
 
     # defaults, so that a rule given in part passes the Prefect server's schema check; the stage fills the rest in
     below: float = Field(0.0, ge=0, le=1, description="Fires when the initial model's accuracy on the target's "
-                                                      "selection items is below this (0 = never).")
+                                                      "selection items and the batch's prompts is below this (0 = "
+                                                      "never).")
     settings: dict[str, int | float] = Field(default_factory=dict, description="What the rule sets when it fires "
                                                                                "(setting -> value).")
 

@@ -66,11 +66,13 @@ class DistillConfig(StrictConfig):
                                                             "forward KL.")
     cold_target: Rule = Field(default_factory=lambda: COLD_TARGET, description=(
         "Rule for a target the champion cannot do (routed methods): its condition on the champion's accuracy over "
-        "the target's selection items, and the settings it sets (given in part, the rest is the default's)."))
+        "the target's selection items and the batch's prompts, and the settings it sets (given in part, the rest is "
+        "the default's)."))
     lora_rank: int = Field(0, ge=0, description="LoRA adapter rank on every linear layer (peft, alpha = 2 x rank), "
                                                 "merged into the weights before saving; 0 = full fine-tuning.")
-    eval_items: int = Field(300, ge=1, description="Selection-part items per skill for the accuracy curve and the "
-                                                   "cold-target rule's measurement (never the gate's items).")
+    eval_items: int = Field(300, ge=1, description="Selection-part items per skill for the accuracy curve and, with "
+                                                   "the batch's prompts, the cold-target rule's measurement (never "
+                                                   "the gate's items).")
     max_completion_length: int = Field(8, ge=1, description="Most tokens sampled per completion.")
     grpo_generations: int = Field(8, ge=2, description="grpo only: completions per prompt (group size); must divide "
                                                        "prompts_per_step.")

@@ -12,8 +12,8 @@ reference answers must be at most `max_reference_nll`. A teacher that knows the 
 a random, corrupted or wrong-skill teacher a large one (docs/benchmark.md measures both on the demo world). The
 student's step-0 reverse KL to the teacher is logged beside it (`initial_kl/target`).
 
-Before training, the stage's rules (`apply_rules`) read the champion's accuracy on the target's selection items,
-the first point of the training curve; the settings that train are those after the rules.
+Before training, the stage's rules (`apply_rules`) read the champion's accuracy on the target's selection items and
+the batch's prompts (`continual_opd.rules.measure`); the settings that train are those after the rules.
 """
 
 import itertools
